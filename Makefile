@@ -1,0 +1,61 @@
+# Fjord — the standard make vocabulary. `make help` lists the targets.
+SHELL        := /usr/bin/env bash
+GO           ?= go
+BIN          := $(CURDIR)/bin
+DATA_DIR     ?= $(CURDIR)/.data
+CONFIG_DIR   ?= $(CURDIR)/examples/config
+XDS_ADDR     ?= 127.0.0.1:15010
+MON_ADDR     ?= 127.0.0.1:15014
+GOTEST_FLAGS ?= -race -count=1 -timeout 30m
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build fjord-cp and fjordctl into bin/.
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+.PHONY: run
+run: build ## Run the control plane standalone on examples/config (xDS on 127.0.0.1:15010).
+	$(BIN)/fjord-cp --config-dir $(CONFIG_DIR) --data-dir $(DATA_DIR) \
+		--xds-address $(XDS_ADDR) --monitoring-address $(MON_ADDR)
+
+.PHONY: demo
+demo: build ## Circuit-breaker demo: control plane, three echo backends, a proxyless client.
+	$(GO) run ./examples/demo --bin $(BIN)
+
+.PHONY: test
+test: ## Unit, golden, envtest and end-to-end tests, with -race.
+	$(GO) test $(GOTEST_FLAGS) ./...
+
+.PHONY: test-e2e
+test-e2e: ## Only the end-to-end tests.
+	$(GO) test $(GOTEST_FLAGS) ./e2e/...
+
+.PHONY: bench
+bench: ## Benchmarks (translation, cache) with medians over 5 runs.
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./xds/... ./policy/...
+
+.PHONY: lint
+lint: ## go vet and gofmt.
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+.PHONY: generate
+generate: ## Regenerate deepcopy code.
+	$(GO) tool controller-gen object paths=./policy/api/...
+
+.PHONY: manifests
+manifests: ## Regenerate the CRDs into manifests/crd.
+	$(GO) tool controller-gen crd paths=./policy/api/... output:crd:artifacts:config=manifests/crd
+
+.PHONY: verify
+verify: generate manifests ## Regenerate everything and fail on a diff.
+	@git diff --exit-code -- policy manifests || { echo "generated files are stale: run make generate manifests"; exit 1; }
+
+.PHONY: clean
+clean: ## Remove built binaries and local state.
+	rm -rf $(BIN) $(DATA_DIR)

@@ -1,0 +1,23 @@
+// Package v1alpha1 holds the fjord.dev/v1alpha1 API: the ResiliencePolicy CRD
+// that platform teams write. The types are the contract users and tests write
+// against; the CRD YAML in manifests/crd is generated from them.
+//
+// +kubebuilder:object:generate=true
+// +groupName=fjord.dev
+package v1alpha1
+
+import (
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/scheme"
+)
+
+var (
+	// GroupVersion is the API group and version of every type here.
+	GroupVersion = schema.GroupVersion{Group: "fjord.dev", Version: "v1alpha1"}
+
+	// SchemeBuilder registers the types with a runtime.Scheme.
+	SchemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
+
+	// AddToScheme adds the types of this group-version to a scheme.
+	AddToScheme = SchemeBuilder.AddToScheme
+)

@@ -1,0 +1,431 @@
+package v1alpha1
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Duration is a Kubernetes-style duration string such as "500ms", "5s" or "1h".
+// It is a string rather than metav1.Duration so that the CRD schema can reject
+// negative and malformed values at the API server with a pattern, the way
+// Gateway API does; Parse turns it into a time.Duration.
+// +kubebuilder:validation:Pattern=`^([0-9]{1,5}(h|m|s|ms)){1,4}$`
+type Duration string
+
+// Parse returns the duration, or an error naming the bad value.
+func (d Duration) Parse() (time.Duration, error) {
+	v, err := time.ParseDuration(string(d))
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q: %w", string(d), err)
+	}
+	if v < 0 {
+		return 0, fmt.Errorf("invalid duration %q: must not be negative", string(d))
+	}
+	return v, nil
+}
+
+// Decimal is a non-negative decimal number written as a string ("1.9"), because
+// CRDs discourage floating-point fields; at most three fractional digits are
+// kept, which is the precision Envoy's success-rate factor has.
+// +kubebuilder:validation:Pattern=`^[0-9]{1,4}(\.[0-9]{1,3})?$`
+type Decimal string
+
+// Milli returns the value multiplied by 1000, as Envoy's
+// success_rate_stdev_factor expects.
+func (d Decimal) Milli() (uint32, error) {
+	s := string(d)
+	whole, frac, _ := strings.Cut(s, ".")
+	if whole == "" || len(frac) > 3 {
+		return 0, fmt.Errorf("invalid decimal %q: want digits with at most three decimals", s)
+	}
+	w, err := strconv.ParseUint(whole, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("invalid decimal %q: %w", s, err)
+	}
+	f := uint64(0)
+	if frac != "" {
+		f, err = strconv.ParseUint((frac + "00")[:3], 10, 32)
+		if err != nil {
+			return 0, fmt.Errorf("invalid decimal %q: %w", s, err)
+		}
+	}
+	v := w*1000 + f
+	if v > 1<<32-1 {
+		return 0, fmt.Errorf("invalid decimal %q: too large", s)
+	}
+	return uint32(v), nil
+}
+
+// ResiliencePolicy sets outlier detection, connection-pool limits, retries and
+// timeouts for the traffic that meshed clients send to a Service. Policies
+// attach to Services (optionally one port) through spec.targetRefs; a policy
+// without targetRefs is the default for its namespace, and one in the control
+// plane's namespace without targetRefs is the mesh-wide default. The most
+// specific policy wins field by field: port > service > namespace > mesh.
+//
+// +genclient
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=rp,categories=fjord
+// +kubebuilder:printcolumn:name="Targets",type=string,JSONPath=`.spec.targetRefs[*].name`
+// +kubebuilder:printcolumn:name="Accepted",type=string,JSONPath=`.status.ancestors[0].conditions[?(@.type=="Accepted")].reason`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ResiliencePolicy struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec is the desired resilience behaviour.
+	// +required
+	Spec ResiliencePolicySpec `json:"spec"`
+
+	// Status reports, per target, whether the policy was accepted and why not.
+	// +optional
+	Status PolicyStatus `json:"status,omitempty"`
+}
+
+// ResiliencePolicyList is a list of ResiliencePolicy.
+// +kubebuilder:object:root=true
+type ResiliencePolicyList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ResiliencePolicy `json:"items"`
+}
+
+// ResiliencePolicySpec holds the policy's targets and its four sections. At
+// least one section must be set; every field is optional so that a more
+// specific policy can override just the fields it names.
+// +kubebuilder:validation:XValidation:rule="has(self.outlierDetection) || has(self.connectionPool) || has(self.retry) || has(self.timeout)",message="spec must set at least one of outlierDetection, connectionPool, retry, timeout"
+type ResiliencePolicySpec struct {
+	// TargetRefs are the Services (optionally one named port of each) this
+	// policy applies to, in Gateway API policy-attachment form. Omitted or
+	// empty: the policy is the default for every Service in its namespace.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	TargetRefs []TargetRef `json:"targetRefs,omitempty"`
+
+	// OutlierDetection ejects endpoints that fail, for a while, so that
+	// clients stop sending them traffic (a circuit breaker per endpoint).
+	// +optional
+	OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
+
+	// ConnectionPool limits connections and requests from each client proxy
+	// to the Service (a circuit breaker for the whole Service). Limits apply
+	// per client proxy, not across the mesh.
+	// +optional
+	ConnectionPool *ConnectionPool `json:"connectionPool,omitempty"`
+
+	// Retry retries failed requests to the Service.
+	// +optional
+	Retry *Retry `json:"retry,omitempty"`
+
+	// Timeout bounds requests to the Service.
+	// +optional
+	Timeout *Timeout `json:"timeout,omitempty"`
+}
+
+// TargetRef names a Service, and optionally one of its ports by name, that a
+// policy attaches to. It mirrors Gateway API's
+// LocalPolicyTargetReferenceWithSectionName.
+// +kubebuilder:validation:XValidation:rule="self.group == ” && self.kind == 'Service'",message="targetRefs may only name core Services (group \"\", kind Service)"
+type TargetRef struct {
+	// Group is the API group of the target; only "" (core) is supported.
+	// +kubebuilder:validation:MaxLength=253
+	Group string `json:"group"`
+	// Kind is the kind of the target; only Service is supported.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Kind string `json:"kind"`
+	// Name is the name of the target Service, in the policy's namespace.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// SectionName is the name of one port of the Service. Omitted: every port.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	SectionName *string `json:"sectionName,omitempty"`
+}
+
+// OutlierDetection configures passive health checking: the client proxy
+// watches the responses of each endpoint and ejects the ones that fail.
+type OutlierDetection struct {
+	// Interval is how often ejection decisions are made. Default 10s.
+	// +optional
+	Interval *Duration `json:"interval,omitempty"`
+	// BaseEjectionTime is how long an endpoint is ejected the first time; the
+	// n-th ejection lasts n times as long, up to maxEjectionTime. Default 30s.
+	// +optional
+	BaseEjectionTime *Duration `json:"baseEjectionTime,omitempty"`
+	// MaxEjectionTime caps the ejection time. Default 300s.
+	// +optional
+	MaxEjectionTime *Duration `json:"maxEjectionTime,omitempty"`
+	// MaxEjectionPercent is the most endpoints, in percent, that may be
+	// ejected at once. Default 10.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	MaxEjectionPercent *int32 `json:"maxEjectionPercent,omitempty"`
+	// MinHealthPercent is the panic threshold: when fewer than this percent
+	// of endpoints are healthy, the proxy ignores health and balances over
+	// all of them. 0 disables panic mode. Default 50.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	MinHealthPercent *int32 `json:"minHealthPercent,omitempty"`
+	// EnforcingPercent is the chance, in percent, that a detected outlier is
+	// really ejected; it applies to every detector. 0 is shadow mode: outliers
+	// are detected and reported (Envoy's outlier event log and stats) but
+	// never ejected. Default 100.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	EnforcingPercent *int32 `json:"enforcingPercent,omitempty"`
+	// Consecutive5xxErrors ejects an endpoint after this many 5xx responses
+	// in a row. 0 disables this detector. Envoy only.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Consecutive5xxErrors *int32 `json:"consecutive5xxErrors,omitempty"`
+	// ConsecutiveGatewayErrors ejects an endpoint after this many 502, 503 or
+	// 504 responses in a row. 0 disables this detector. Envoy only.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ConsecutiveGatewayErrors *int32 `json:"consecutiveGatewayErrors,omitempty"`
+	// ConsecutiveLocalOriginFailures ejects an endpoint after this many
+	// locally detected failures (connect errors, resets, timeouts) in a row;
+	// it needs splitExternalLocalOriginErrors. 0 disables it. Envoy only.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ConsecutiveLocalOriginFailures *int32 `json:"consecutiveLocalOriginFailures,omitempty"`
+	// SplitExternalLocalOriginErrors counts locally originated failures
+	// separately from responses the endpoint sent. Envoy only.
+	// +optional
+	SplitExternalLocalOriginErrors *bool `json:"splitExternalLocalOriginErrors,omitempty"`
+	// SuccessRate ejects endpoints whose success rate is far below the mean
+	// of all endpoints.
+	// +optional
+	SuccessRate *SuccessRate `json:"successRate,omitempty"`
+	// FailurePercentage ejects endpoints whose failure rate is above a fixed
+	// threshold.
+	// +optional
+	FailurePercentage *FailurePercentage `json:"failurePercentage,omitempty"`
+}
+
+// SuccessRate is the statistical outlier detector: an endpoint is ejected
+// when its success rate is below mean - standardDeviationFactor * stdev.
+type SuccessRate struct {
+	// MinimumHosts is how many endpoints must have enough traffic for the
+	// detector to run. Default 5.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MinimumHosts *int32 `json:"minimumHosts,omitempty"`
+	// RequestVolume is how many requests an endpoint needs in one interval
+	// to be considered. Default 100.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	RequestVolume *int32 `json:"requestVolume,omitempty"`
+	// StandardDeviationFactor scales the standard deviation, as a decimal
+	// string such as "1.9". Default "1.9".
+	// +optional
+	StandardDeviationFactor *Decimal `json:"standardDeviationFactor,omitempty"`
+}
+
+// FailurePercentage is the threshold outlier detector: an endpoint is
+// ejected when at least threshold percent of its requests in one interval
+// failed.
+type FailurePercentage struct {
+	// Threshold is the failure percentage at or above which an endpoint is
+	// ejected. Default 85.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	Threshold *int32 `json:"threshold,omitempty"`
+	// MinimumHosts is how many endpoints the Service needs for the detector
+	// to run. Default 5; lower it for small backend sets.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MinimumHosts *int32 `json:"minimumHosts,omitempty"`
+	// RequestVolume is how many requests an endpoint needs in one interval
+	// to be considered. Default 50.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	RequestVolume *int32 `json:"requestVolume,omitempty"`
+}
+
+// ConnectionPool bounds what one client proxy sends to the Service. Every
+// limit is per client proxy (each sidecar or proxyless client keeps its own
+// counters), not a mesh-wide quota.
+type ConnectionPool struct {
+	// MaxConnections is the most connections to all endpoints. Envoy only.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxConnections *int32 `json:"maxConnections,omitempty"`
+	// MaxPendingRequests is the most requests waiting for a connection.
+	// Envoy only.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxPendingRequests *int32 `json:"maxPendingRequests,omitempty"`
+	// MaxRequests is the most requests in flight; beyond it requests fail
+	// at once (UNAVAILABLE for gRPC, 503 for HTTP).
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxRequests *int32 `json:"maxRequests,omitempty"`
+	// MaxRetries is the most retries in flight. Envoy only.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxRetries *int32 `json:"maxRetries,omitempty"`
+	// MaxRequestsPerConnection closes a connection after this many
+	// requests; 0 means unlimited. Envoy only.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxRequestsPerConnection *int32 `json:"maxRequestsPerConnection,omitempty"`
+	// ConnectTimeout bounds establishing a connection. Envoy only.
+	// +optional
+	ConnectTimeout *Duration `json:"connectTimeout,omitempty"`
+	// IdleTimeout closes upstream connections with no active request for
+	// this long. Envoy only.
+	// +optional
+	IdleTimeout *Duration `json:"idleTimeout,omitempty"`
+	// RetryBudget limits retries to a share of the active requests, which
+	// scales with load better than maxRetries. Envoy only.
+	// +optional
+	RetryBudget *RetryBudget `json:"retryBudget,omitempty"`
+}
+
+// RetryBudget limits concurrent retries to a percentage of active requests.
+type RetryBudget struct {
+	// BudgetPercent is the share of active requests that may be retries.
+	// Default 20.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	BudgetPercent *int32 `json:"budgetPercent,omitempty"`
+	// MinRetryConcurrency is the number of retries always allowed, whatever
+	// the budget. Default 3.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MinRetryConcurrency *int32 `json:"minRetryConcurrency,omitempty"`
+}
+
+// RetryOn is a condition under which a request is retried. The HTTP
+// conditions are Envoy's x-envoy-retry-on values; the gRPC ones are
+// x-envoy-retry-grpc-on values and the only ones proxyless gRPC honours.
+// +kubebuilder:validation:Enum="5xx";gateway-error;reset;reset-before-request;connect-failure;envoy-ratelimited;retriable-4xx;refused-stream;retriable-status-codes;http3-post-connect-failure;cancelled;deadline-exceeded;internal;resource-exhausted;unavailable
+type RetryOn string
+
+// Retry configures automatic retries by the client proxy.
+type Retry struct {
+	// Attempts is the number of retries after the first try. 0 disables
+	// retries.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=10
+	Attempts *int32 `json:"attempts,omitempty"`
+	// PerTryTimeout bounds each try, including the first. Envoy only.
+	// +optional
+	PerTryTimeout *Duration `json:"perTryTimeout,omitempty"`
+	// RetryOn lists the conditions that cause a retry. Default:
+	// connect-failure, refused-stream, unavailable, cancelled,
+	// resource-exhausted (Envoy); unavailable (gRPC).
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	RetryOn []RetryOn `json:"retryOn,omitempty"`
+	// RetriableStatusCodes are HTTP status codes that cause a retry, in
+	// addition to retryOn. Envoy only.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:Minimum=100
+	// +kubebuilder:validation:items:Maximum=599
+	RetriableStatusCodes []int32 `json:"retriableStatusCodes,omitempty"`
+	// Backoff spaces retries out with jittered exponential backoff.
+	// +optional
+	Backoff *Backoff `json:"backoff,omitempty"`
+}
+
+// Backoff is a jittered exponential backoff between retries.
+type Backoff struct {
+	// BaseInterval is the first backoff. Default 25ms.
+	// +optional
+	BaseInterval *Duration `json:"baseInterval,omitempty"`
+	// MaxInterval caps the backoff. Default 10 times baseInterval.
+	// +optional
+	MaxInterval *Duration `json:"maxInterval,omitempty"`
+}
+
+// Timeout bounds requests to the Service.
+type Timeout struct {
+	// Request bounds a whole request, retries included. For proxyless gRPC
+	// it becomes the route's max stream duration.
+	// +optional
+	Request *Duration `json:"request,omitempty"`
+	// Idle ends a request stream that has sent and received nothing for
+	// this long. Envoy only.
+	// +optional
+	Idle *Duration `json:"idle,omitempty"`
+}
+
+// PolicyStatus follows Gateway API's PolicyStatus: one entry per ancestor
+// (each target Service, or the namespace for a namespace default).
+type PolicyStatus struct {
+	// Ancestors holds the status for each target of the policy.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	Ancestors []PolicyAncestorStatus `json:"ancestors,omitempty"`
+}
+
+// PolicyAncestorStatus is the status of a policy with respect to one target.
+type PolicyAncestorStatus struct {
+	// AncestorRef is the target this status is about.
+	AncestorRef AncestorRef `json:"ancestorRef"`
+	// ControllerName is the controller that wrote this status:
+	// fjord.dev/control-plane.
+	ControllerName string `json:"controllerName"`
+	// Conditions describe the policy's state for this target. Type
+	// Accepted, with reasons Accepted, Invalid, Conflicted, TargetNotFound.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=8
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// AncestorRef identifies a policy target: a Service (and optionally a port),
+// or a Namespace for namespace and mesh defaults.
+type AncestorRef struct {
+	// Group is "" for core kinds.
+	Group string `json:"group"`
+	// Kind is Service or Namespace.
+	Kind string `json:"kind"`
+	// Namespace of the target; empty for a Namespace.
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	// Name of the target.
+	Name string `json:"name"`
+	// SectionName is the port name, when the policy targets one port.
+	// +optional
+	SectionName *string `json:"sectionName,omitempty"`
+}
+
+// Condition types and reasons used in PolicyStatus.
+const (
+	ConditionAccepted = "Accepted"
+
+	ReasonAccepted       = "Accepted"
+	ReasonInvalid        = "Invalid"
+	ReasonConflicted     = "Conflicted"
+	ReasonTargetNotFound = "TargetNotFound"
+
+	// ControllerName is written into every PolicyAncestorStatus.
+	ControllerName = "fjord.dev/control-plane"
+)
+
+func init() {
+	SchemeBuilder.Register(&ResiliencePolicy{}, &ResiliencePolicyList{})
+}
