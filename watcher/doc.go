@@ -1,0 +1,6 @@
+// Package watcher is the front of the pipeline: it turns the outside world
+// into model snapshots. In Kubernetes mode it is the only code that talks to
+// the API server (informer caches, and the status writer); in standalone mode
+// it reads the same Kubernetes YAML from a directory. Either way it coalesces
+// bursts of events and publishes immutable, sorted snapshots.
+package watcher
