@@ -1,0 +1,182 @@
+package watcher
+
+import (
+	"sync"
+	"time"
+)
+
+// Default coalescing windows. A burst of edits (an editor saving several
+// files, a rollout touching many EndpointSlices) becomes one build; the max
+// delay bounds how stale the served config can get under a steady stream.
+const (
+	DefaultHoldOff  = 100 * time.Millisecond
+	DefaultMaxDelay = time.Second
+)
+
+// Clock is the time source of a Coalescer, so that tests drive it with a fake
+// clock instead of sleeping.
+type Clock interface {
+	Now() time.Time
+	// AfterFunc calls f once, in its own goroutine or synchronously from the
+	// clock's own advance, after d has passed.
+	AfterFunc(d time.Duration, f func()) Timer
+}
+
+// Timer is a pending AfterFunc call.
+type Timer interface {
+	// Stop prevents the call if it has not happened yet.
+	Stop() bool
+}
+
+// RealClock is the wall clock.
+type RealClock struct{}
+
+// Now returns the current time.
+func (RealClock) Now() time.Time { return time.Now() }
+
+// AfterFunc wraps time.AfterFunc.
+func (RealClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
+
+// CoalesceOptions tunes a Coalescer. Zero values take the defaults.
+type CoalesceOptions struct {
+	// HoldOff is how long the triggers must be quiet before a build.
+	HoldOff time.Duration
+	// MaxDelay bounds the time from the first unbuilt trigger to the build,
+	// however busy the stream of triggers is.
+	MaxDelay time.Duration
+	// Clock defaults to the wall clock.
+	Clock Clock
+}
+
+// Coalescer turns a stream of change notifications into few builds: the
+// build runs once the triggers have been quiet for the hold-off, or once the
+// max delay has passed since the first trigger not yet built, whichever
+// comes first. Nothing is built before MarkSynced, so no consumer ever sees
+// the partial view of a source that is still loading. Builds never overlap:
+// a trigger that arrives during a build schedules the next one.
+type Coalescer struct {
+	holdOff, maxDelay time.Duration
+	clock             Clock
+	build             func()
+
+	mu       sync.Mutex
+	idle     *sync.Cond // signalled when a build ends
+	synced   bool
+	stopped  bool
+	pending  bool      // a trigger has not been built yet
+	first    time.Time // first unbuilt trigger
+	last     time.Time // latest trigger
+	running  bool      // build in progress
+	timer    Timer
+	timerDue time.Time
+}
+
+// NewCoalescer returns a Coalescer that calls build.
+func NewCoalescer(build func(), o CoalesceOptions) *Coalescer {
+	if o.HoldOff <= 0 {
+		o.HoldOff = DefaultHoldOff
+	}
+	if o.MaxDelay <= 0 {
+		o.MaxDelay = DefaultMaxDelay
+	}
+	if o.MaxDelay < o.HoldOff {
+		o.MaxDelay = o.HoldOff
+	}
+	if o.Clock == nil {
+		o.Clock = RealClock{}
+	}
+	c := &Coalescer{holdOff: o.HoldOff, maxDelay: o.MaxDelay, clock: o.Clock, build: build}
+	c.idle = sync.NewCond(&c.mu)
+	return c
+}
+
+// Trigger records that something changed.
+func (c *Coalescer) Trigger() {
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return
+	}
+	now := c.clock.Now()
+	if !c.pending {
+		c.pending = true
+		c.first = now
+	}
+	c.last = now
+	c.mu.Unlock()
+	c.fire()
+}
+
+// MarkSynced declares the initial sync complete and runs the first build
+// before it returns, without waiting for the hold-off: the first snapshot
+// should reach the proxies as soon as it is whole.
+func (c *Coalescer) MarkSynced() {
+	c.mu.Lock()
+	if c.stopped || c.synced {
+		c.mu.Unlock()
+		return
+	}
+	c.synced = true
+	c.pending = true
+	// Date the pending trigger back so that it is due now.
+	now := c.clock.Now()
+	c.first, c.last = now.Add(-c.maxDelay), now.Add(-c.holdOff)
+	c.mu.Unlock()
+	c.fire()
+}
+
+// Stop cancels any scheduled build and waits for a running one to finish;
+// after Stop returns, build is never called again.
+func (c *Coalescer) Stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stopped = true
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	for c.running {
+		c.idle.Wait()
+	}
+}
+
+// fire builds if a build is due and none is running, and otherwise makes sure
+// a timer will call it again when the next build is due.
+func (c *Coalescer) fire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		if c.stopped || !c.synced || !c.pending || c.running {
+			return
+		}
+		due := c.last.Add(c.holdOff)
+		if limit := c.first.Add(c.maxDelay); limit.Before(due) {
+			due = limit
+		}
+		if wait := due.Sub(c.clock.Now()); wait > 0 {
+			c.schedule(due, wait)
+			return
+		}
+		c.pending = false
+		c.running = true
+		c.mu.Unlock()
+		c.build()
+		c.mu.Lock()
+		c.running = false
+		c.idle.Broadcast()
+		// Loop: triggers that arrived during the build may already be due.
+	}
+}
+
+// schedule arms the timer for due unless it is already armed for that time.
+// Called with c.mu held.
+func (c *Coalescer) schedule(due time.Time, wait time.Duration) {
+	if c.timer != nil {
+		if c.timerDue.Equal(due) {
+			return
+		}
+		c.timer.Stop()
+	}
+	c.timerDue = due
+	c.timer = c.clock.AfterFunc(wait, c.fire)
+}
