@@ -36,6 +36,9 @@ type Server struct {
 	inFlight    atomic.Int64
 	maxInFlight atomic.Int64
 
+	mu   sync.Mutex
+	gate chan struct{} // non-nil while held: calls wait until it is closed
+
 	stopOnce sync.Once
 }
 
@@ -80,6 +83,27 @@ func (s *Server) FailEvery(n int) {
 // Delay makes each call wait d before answering (or until the caller gives
 // up, whichever is first).
 func (s *Server) Delay(d time.Duration) { s.delay.Store(int64(d)) }
+
+// Hold makes the calls that start from now on wait until Release (or until
+// their caller gives up). Unlike Delay it involves no clock, so a test can
+// keep calls in flight for exactly as long as it needs.
+func (s *Server) Hold() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gate == nil {
+		s.gate = make(chan struct{})
+	}
+}
+
+// Release lets every held call go on, and new calls no longer wait.
+func (s *Server) Release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gate != nil {
+		close(s.gate)
+		s.gate = nil
+	}
+}
 
 // Calls is the number of calls that reached the backend.
 func (s *Server) Calls() int64 { return s.calls.Load() }
@@ -140,6 +164,16 @@ func (s *Server) handle(ctx context.Context) error {
 	// The trailer goes out with every status, errors included.
 	_ = grpc.SetTrailer(ctx, metadata.Pairs(TrailerKey, s.name))
 
+	s.mu.Lock()
+	gate := s.gate
+	s.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	}
 	if d := time.Duration(s.delay.Load()); d > 0 {
 		t := time.NewTimer(d)
 		select {

@@ -125,3 +125,40 @@ func TestStopIsIdempotent(t *testing.T) {
 	s.Stop()
 	s.Stop()
 }
+
+func TestHoldRelease(t *testing.T) {
+	s, cc := start(t, "echo-h")
+	s.Hold()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const n = 3
+	results := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := Call(ctx, cc)
+			results <- err
+		}()
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for s.InFlight() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("in flight = %d after 30s, want %d held calls", s.InFlight(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case err := <-results:
+		t.Fatalf("a held call ended before Release: %v", err)
+	default:
+	}
+	s.Release()
+	for range n {
+		if err := <-results; err != nil {
+			t.Fatalf("released call: %v", err)
+		}
+	}
+	// Released: new calls do not wait.
+	if _, err := Call(ctx, cc); err != nil {
+		t.Fatalf("call after Release: %v", err)
+	}
+}
