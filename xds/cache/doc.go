@@ -1,0 +1,7 @@
+// Package cache holds what the xDS server serves: per proxy kind and type,
+// every translated resource validated, serialised once and versioned by a
+// hash of its bytes. It implements go-control-plane's cache.Cache so the
+// server can answer state-of-the-world and delta streams from it, and it
+// wakes only the watches whose resources actually changed, so identical
+// translator output never reaches a proxy.
+package cache
