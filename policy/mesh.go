@@ -12,6 +12,12 @@ type Mesh struct {
 	Services []Service `json:"services,omitempty"`
 	// Statuses holds the status of every policy in the input, sorted by key.
 	Statuses []Status `json:"statuses,omitempty"`
+	// Accepted are the policies resolution used, sorted by key: every valid
+	// policy as given, and for a policy whose current spec is invalid its
+	// entry from Options.LastAccepted, if any. Persisting this list and
+	// passing it back as Options.LastAccepted is what keeps an invalid edit
+	// from disturbing what is served, also across restarts.
+	Accepted []model.Policy `json:"accepted,omitempty"`
 }
 
 // Service is a Service with its resolved ports.

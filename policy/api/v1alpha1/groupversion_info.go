@@ -1,9 +1,3 @@
-// Package v1alpha1 holds the fjord.dev/v1alpha1 API: the ResiliencePolicy CRD
-// that platform teams write. The types are the contract users and tests write
-// against; the CRD YAML in manifests/crd is generated from them.
-//
-// +kubebuilder:object:generate=true
-// +groupName=fjord.dev
 package v1alpha1
 
 import (

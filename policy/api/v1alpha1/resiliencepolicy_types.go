@@ -1,64 +1,8 @@
 package v1alpha1
 
 import (
-	"fmt"
-	"strconv"
-	"strings"
-	"time"
-
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
-
-// Duration is a Kubernetes-style duration string such as "500ms", "5s" or "1h".
-// It is a string rather than metav1.Duration so that the CRD schema can reject
-// negative and malformed values at the API server with a pattern, the way
-// Gateway API does; Parse turns it into a time.Duration.
-// +kubebuilder:validation:Pattern=`^([0-9]{1,5}(h|m|s|ms)){1,4}$`
-type Duration string
-
-// Parse returns the duration, or an error naming the bad value.
-func (d Duration) Parse() (time.Duration, error) {
-	v, err := time.ParseDuration(string(d))
-	if err != nil {
-		return 0, fmt.Errorf("invalid duration %q: %w", string(d), err)
-	}
-	if v < 0 {
-		return 0, fmt.Errorf("invalid duration %q: must not be negative", string(d))
-	}
-	return v, nil
-}
-
-// Decimal is a non-negative decimal number written as a string ("1.9"), because
-// CRDs discourage floating-point fields; at most three fractional digits are
-// kept, which is the precision Envoy's success-rate factor has.
-// +kubebuilder:validation:Pattern=`^[0-9]{1,4}(\.[0-9]{1,3})?$`
-type Decimal string
-
-// Milli returns the value multiplied by 1000, as Envoy's
-// success_rate_stdev_factor expects.
-func (d Decimal) Milli() (uint32, error) {
-	s := string(d)
-	whole, frac, _ := strings.Cut(s, ".")
-	if whole == "" || len(frac) > 3 {
-		return 0, fmt.Errorf("invalid decimal %q: want digits with at most three decimals", s)
-	}
-	w, err := strconv.ParseUint(whole, 10, 32)
-	if err != nil {
-		return 0, fmt.Errorf("invalid decimal %q: %w", s, err)
-	}
-	f := uint64(0)
-	if frac != "" {
-		f, err = strconv.ParseUint((frac + "00")[:3], 10, 32)
-		if err != nil {
-			return 0, fmt.Errorf("invalid decimal %q: %w", s, err)
-		}
-	}
-	v := w*1000 + f
-	if v > 1<<32-1 {
-		return 0, fmt.Errorf("invalid decimal %q: too large", s)
-	}
-	return uint32(v), nil
-}
 
 // ResiliencePolicy sets outlier detection, connection-pool limits, retries and
 // timeouts for the traffic that meshed clients send to a Service. Policies
@@ -92,7 +36,8 @@ type ResiliencePolicy struct {
 type ResiliencePolicyList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
-	Items           []ResiliencePolicy `json:"items"`
+	// Items are the policies.
+	Items []ResiliencePolicy `json:"items"`
 }
 
 // ResiliencePolicySpec holds the policy's targets and its four sections. At
@@ -106,6 +51,7 @@ type ResiliencePolicySpec struct {
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:XValidation:rule="self.all(a, self.exists_one(b, a.name == b.name && (has(a.sectionName) ? (has(b.sectionName) && a.sectionName == b.sectionName) : !has(b.sectionName))))",message="targetRefs must not name the same Service (and sectionName) twice"
 	TargetRefs []TargetRef `json:"targetRefs,omitempty"`
 
 	// OutlierDetection ejects endpoints that fail, for a while, so that
@@ -131,14 +77,14 @@ type ResiliencePolicySpec struct {
 // TargetRef names a Service, and optionally one of its ports by name, that a
 // policy attaches to. It mirrors Gateway API's
 // LocalPolicyTargetReferenceWithSectionName.
-// +kubebuilder:validation:XValidation:rule="self.group == ” && self.kind == 'Service'",message="targetRefs may only name core Services (group \"\", kind Service)"
 type TargetRef struct {
 	// Group is the API group of the target; only "" (core) is supported.
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self == ''",message="group must be \"\" (core): only Services can be targeted"
 	Group string `json:"group"`
 	// Kind is the kind of the target; only Service is supported.
-	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="self == 'Service'",message="kind must be Service"
 	Kind string `json:"kind"`
 	// Name is the name of the target Service, in the policy's namespace.
 	// +kubebuilder:validation:MinLength=1
@@ -153,16 +99,22 @@ type TargetRef struct {
 
 // OutlierDetection configures passive health checking: the client proxy
 // watches the responses of each endpoint and ejects the ones that fail.
+// Setting the section, even to {}, turns outlier detection on.
+// +kubebuilder:validation:XValidation:rule="!has(self.baseEjectionTime) || !has(self.maxEjectionTime) || duration(self.maxEjectionTime) >= duration(self.baseEjectionTime)",message="maxEjectionTime must not be shorter than baseEjectionTime",fieldPath=".maxEjectionTime"
 type OutlierDetection struct {
 	// Interval is how often ejection decisions are made. Default 10s.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be greater than 0"
 	Interval *Duration `json:"interval,omitempty"`
 	// BaseEjectionTime is how long an endpoint is ejected the first time; the
 	// n-th ejection lasts n times as long, up to maxEjectionTime. Default 30s.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be greater than 0"
 	BaseEjectionTime *Duration `json:"baseEjectionTime,omitempty"`
-	// MaxEjectionTime caps the ejection time. Default 300s.
+	// MaxEjectionTime caps the ejection time; it must not be shorter than
+	// baseEjectionTime. Default 300s, or baseEjectionTime if that is longer.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be greater than 0"
 	MaxEjectionTime *Duration `json:"maxEjectionTime,omitempty"`
 	// MaxEjectionPercent is the most endpoints, in percent, that may be
 	// ejected at once. Default 10.
@@ -172,7 +124,7 @@ type OutlierDetection struct {
 	MaxEjectionPercent *int32 `json:"maxEjectionPercent,omitempty"`
 	// MinHealthPercent is the panic threshold: when fewer than this percent
 	// of endpoints are healthy, the proxy ignores health and balances over
-	// all of them. 0 disables panic mode. Default 50.
+	// all of them. 0 disables panic mode. Default 50. Envoy only.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=100
@@ -283,11 +235,13 @@ type ConnectionPool struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	MaxRequestsPerConnection *int32 `json:"maxRequestsPerConnection,omitempty"`
-	// ConnectTimeout bounds establishing a connection. Envoy only.
+	// ConnectTimeout bounds establishing a connection. Default 5s.
+	// Envoy only.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be greater than 0"
 	ConnectTimeout *Duration `json:"connectTimeout,omitempty"`
 	// IdleTimeout closes upstream connections with no active request for
-	// this long. Envoy only.
+	// this long; 0 keeps them open. Default 1h. Envoy only.
 	// +optional
 	IdleTimeout *Duration `json:"idleTimeout,omitempty"`
 	// RetryBudget limits retries to a share of the active requests, which
@@ -325,12 +279,15 @@ type Retry struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=10
 	Attempts *int32 `json:"attempts,omitempty"`
-	// PerTryTimeout bounds each try, including the first. Envoy only.
+	// PerTryTimeout bounds each try, including the first; 0 or unset leaves
+	// each try bounded only by timeout.request. Envoy only.
 	// +optional
 	PerTryTimeout *Duration `json:"perTryTimeout,omitempty"`
-	// RetryOn lists the conditions that cause a retry. Default:
-	// connect-failure, refused-stream, unavailable, cancelled,
-	// resource-exhausted (Envoy); unavailable (gRPC).
+	// RetryOn lists the conditions that cause a retry. Default, when
+	// attempts is above 0: connect-failure, refused-stream, unavailable,
+	// cancelled, resource-exhausted. Proxyless gRPC honours only the gRPC
+	// conditions (cancelled, deadline-exceeded, internal, resource-exhausted,
+	// unavailable) and ignores the others.
 	// +optional
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=16
@@ -348,24 +305,30 @@ type Retry struct {
 	Backoff *Backoff `json:"backoff,omitempty"`
 }
 
-// Backoff is a jittered exponential backoff between retries.
+// Backoff is a jittered exponential backoff between retries. Its two
+// intervals constrain each other, so resolution takes a backoff from one
+// policy as a whole rather than merging the intervals of different policies.
+// +kubebuilder:validation:XValidation:rule="!has(self.baseInterval) || !has(self.maxInterval) || duration(self.maxInterval) >= duration(self.baseInterval)",message="maxInterval must not be shorter than baseInterval",fieldPath=".maxInterval"
 type Backoff struct {
 	// BaseInterval is the first backoff. Default 25ms.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be greater than 0"
 	BaseInterval *Duration `json:"baseInterval,omitempty"`
 	// MaxInterval caps the backoff. Default 10 times baseInterval.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be greater than 0"
 	MaxInterval *Duration `json:"maxInterval,omitempty"`
 }
 
 // Timeout bounds requests to the Service.
 type Timeout struct {
-	// Request bounds a whole request, retries included. For proxyless gRPC
-	// it becomes the route's max stream duration.
+	// Request bounds a whole request, retries included; 0 or unset means no
+	// limit. For proxyless gRPC it becomes the route's max stream duration.
 	// +optional
 	Request *Duration `json:"request,omitempty"`
 	// Idle ends a request stream that has sent and received nothing for
-	// this long. Envoy only.
+	// this long; 0 disables it. Default: the connection manager's stream idle
+	// timeout (5m). Envoy only.
 	// +optional
 	Idle *Duration `json:"idle,omitempty"`
 }
