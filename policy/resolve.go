@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
 	"github.com/fjordmesh/fjord/watcher/model"
@@ -290,7 +291,7 @@ func (r *resolver) status(st *policyState) Status {
 			status, reason, msg = metav1.ConditionFalse, fjordv1a1.ReasonTargetNotFound, a.notFound+"."
 		case r.lostTo[lossKey{st.key, a.at}] != nil:
 			status, reason = metav1.ConditionFalse, fjordv1a1.ReasonConflicted
-			msg = r.conflictMessage(r.lostTo[lossKey{st.key, a.at}], a.at)
+			msg = r.conflictMessage(st, r.lostTo[lossKey{st.key, a.at}], a.at)
 		default:
 			msg = r.acceptedMessage(st, a.at)
 		}
@@ -329,12 +330,16 @@ func (r *resolver) describe(at target) string {
 	return "the default for namespace " + at.ns
 }
 
-func (r *resolver) conflictMessage(winner *policyState, at target) string {
+func (r *resolver) conflictMessage(loser, winner *policyState, at target) string {
 	what := "for " + r.describe(at)
 	if at.level == LevelNamespace {
 		what = "as " + r.describe(at)
 	}
-	return fmt.Sprintf("%s takes precedence %s: policies at the same level compete as a whole, the oldest creationTimestamp wins, then the first by namespace/name.", winner.key, what)
+	why := fmt.Sprintf("it is older (created %s)", winner.used.CreationTimestamp.UTC().Format(time.RFC3339))
+	if winner.used.CreationTimestamp.Equal(loser.used.CreationTimestamp) {
+		why = "it was created at the same time and comes first by namespace/name"
+	}
+	return fmt.Sprintf("%s takes precedence %s: %s. At one level only one policy applies, as a whole.", winner.key, what, why)
 }
 
 func (r *resolver) acceptedMessage(st *policyState, at target) string {

@@ -81,7 +81,11 @@ func validateTargetRefs(refs []fjordv1a1.TargetRef, fail func(path, format strin
 	if len(refs) > maxTargetRefs {
 		fail("targetRefs", "must have at most %d items, has %d", maxTargetRefs, len(refs))
 	}
-	seen := map[string]bool{}
+	type refID struct {
+		name, section string
+		port          bool
+	}
+	seen := map[refID]int{}
 	for i, r := range refs {
 		p := fmt.Sprintf("targetRefs[%d]", i)
 		if r.Group != "" {
@@ -93,29 +97,19 @@ func validateTargetRefs(refs []fjordv1a1.TargetRef, fail func(path, format strin
 		if r.Name == "" || len(r.Name) > maxNameLength {
 			fail(p+".name", "must have 1 to %d characters", maxNameLength)
 		}
-		section := ""
+		id := refID{name: r.Name, port: r.SectionName != nil}
 		if r.SectionName != nil {
-			section = *r.SectionName
-			if section == "" || len(section) > maxNameLength {
+			id.section = *r.SectionName
+			if id.section == "" || len(id.section) > maxNameLength {
 				fail(p+".sectionName", "must have 1 to %d characters when set", maxNameLength)
 			}
 		}
-		id := r.Name + "\x00" + section
-		if r.SectionName != nil {
-			id += "\x00set"
+		if j, ok := seen[id]; ok {
+			fail(p, "names the same Service (and sectionName) as targetRefs[%d]", j)
+			continue
 		}
-		if seen[id] {
-			fail("targetRefs", "must not name the same Service (and sectionName) twice: %s", describeRef(r))
-		}
-		seen[id] = true
+		seen[id] = i
 	}
-}
-
-func describeRef(r fjordv1a1.TargetRef) string {
-	if r.SectionName != nil {
-		return fmt.Sprintf("Service %q port %q", r.Name, *r.SectionName)
-	}
-	return fmt.Sprintf("Service %q", r.Name)
 }
 
 // validateLeaves checks every set field under v by its type, descending

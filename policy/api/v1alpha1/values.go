@@ -29,7 +29,7 @@ type Duration string
 // exactly what the CRD pattern accepts, so it never returns a negative value.
 func (d Duration) Parse() (time.Duration, error) {
 	if !durationPattern.MatchString(string(d)) {
-		return 0, fmt.Errorf("invalid duration %q: want whole numbers with units h, m, s or ms, such as \"500ms\" or \"1m30s\"", string(d))
+		return 0, fmt.Errorf("invalid duration %q: want whole numbers of h, m, s or ms, such as \"500ms\" or \"1m30s\"", string(d))
 	}
 	v, err := time.ParseDuration(string(d))
 	if err != nil {
