@@ -1,0 +1,105 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	cplog "github.com/envoyproxy/go-control-plane/pkg/log"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/config"
+	sotw "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/fjordmesh/fjord/xds/cache"
+)
+
+// Server serves one cache to every proxy.
+type Server struct {
+	xds     serverv3.Server
+	log     *slog.Logger
+	metrics *metrics
+	stop    context.CancelFunc
+
+	mu      sync.Mutex
+	streams map[streamKey]*stream
+}
+
+// New builds a server over c and registers its metrics on reg (nil: not
+// registered). Registering twice on one registry panics, as with any
+// collector.
+func New(c *cache.Cache, reg prometheus.Registerer, log *slog.Logger) *Server {
+	ctx, stop := context.WithCancel(context.Background())
+	s := &Server{
+		log:     log,
+		metrics: newMetrics(reg),
+		stop:    stop,
+		streams: map[streamKey]*stream{},
+	}
+	s.xds = serverv3.NewServer(ctx, c, s,
+		// An empty first request is a wildcard only for the types whose
+		// resources are roots (listeners, clusters). Proxyless gRPC asks for
+		// routes and endpoints by name and must never be handed all of them.
+		config.DeactivateLegacyWildcardForTypes([]string{resourcev3.EndpointType, resourcev3.RouteType}),
+		// The library's own messages are per-request chatter (stale nonces,
+		// new subscriptions): debug, except its warnings and errors.
+		sotw.WithLogger(cplog.LoggerFuncs{
+			DebugFunc: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) },
+			InfoFunc:  func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) },
+			WarnFunc:  func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) },
+			ErrorFunc: func(f string, a ...any) { log.Error(fmt.Sprintf(f, a...)) },
+		}),
+	)
+	return s
+}
+
+// Register adds the aggregated service (state-of-the-world and delta) and
+// the per-type cluster, endpoint, listener and route services to g.
+func (s *Server) Register(g *grpc.Server) {
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
+	clusterservice.RegisterClusterDiscoveryServiceServer(g, s.xds)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(g, s.xds)
+	listenerservice.RegisterListenerDiscoveryServiceServer(g, s.xds)
+	routeservice.RegisterRouteDiscoveryServiceServer(g, s.xds)
+}
+
+// Close ends every open stream (the proxies reconnect elsewhere or later).
+// xDS streams never end on their own, so call it before
+// grpc.Server.GracefulStop, which would otherwise wait for them forever.
+func (s *Server) Close() {
+	s.stop()
+}
+
+// GRPCOptions are the gRPC server options xDS serving needs.
+//
+// Keepalive: the server pings an idle connection after 30 s and drops it if
+// no answer comes within 10 s, so a proxy that vanished (node lost, network
+// partition) stops counting as connected and its watches are released within
+// a minute. Clients may ping as often as every 10 s, also without an open
+// stream: Envoy bootstraps commonly use 30 s or more, grpc-go's xDS client
+// uses 5 min; anything stricter would make the server answer a legitimate
+// proxy with GOAWAY "too_many_pings". There is no maximum connection age:
+// every reconnect costs a resync, and one control plane instance gains
+// nothing from rebalancing.
+func GRPCOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             10 * time.Second,
+			PermitWithoutStream: true,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    30 * time.Second,
+			Timeout: 10 * time.Second,
+		}),
+	}
+}
