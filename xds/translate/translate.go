@@ -11,8 +11,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
 	"github.com/fjordmesh/fjord/policy"
+	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
 	"github.com/fjordmesh/fjord/watcher/model"
 	"github.com/fjordmesh/fjord/xds/node"
 )
@@ -111,10 +111,12 @@ func typeName(m protoreflect.ProtoMessage) string {
 }
 
 // Policy values reach the translator only after policy.Resolve has validated
-// them (durations parse, numbers are in range), so the helpers below never
-// see a malformed value from a real pipeline. They still read one as "field
-// not set" rather than emitting a zero or panicking: a hand-built Mesh then
-// gets the proxy's default instead of config a proxy rejects.
+// them (durations parse and, where Envoy needs it, are positive; numbers are
+// in range), so the helpers below never see a malformed value from a real
+// pipeline. They still read one as "field not set" rather than emitting a
+// zero or panicking: a hand-built Mesh then gets the proxy's default instead
+// of config a proxy rejects, and one bad field cannot fail a whole cache
+// update.
 
 // duration converts a policy duration; nil when unset or malformed.
 func duration(d *fjordv1a1.Duration) *durationpb.Duration {
@@ -129,9 +131,8 @@ func duration(d *fjordv1a1.Duration) *durationpb.Duration {
 }
 
 // positiveDuration is duration for the Envoy fields that must be greater
-// than zero (intervals, ejection times, backoff, connect timeout). The CRD
-// schema admits "0s", so zero also reads as "not set" and the proxy's
-// default applies.
+// than zero (intervals, ejection times, backoff, connect timeout); zero
+// reads as "not set" there too, so the proxy's default applies.
 func positiveDuration(d *fjordv1a1.Duration) *durationpb.Duration {
 	v := duration(d)
 	if v == nil || v.AsDuration() <= 0 {

@@ -49,16 +49,23 @@ func goldenCases(t *testing.T) []string {
 // field fails the test instead of silently becoming "not set".
 func readMesh(t *testing.T, name string) *policy.Mesh {
 	t.Helper()
+	m := &policy.Mesh{}
+	if err := readMeshFile(name, m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func readMeshFile(name string, m *policy.Mesh) error {
 	path := filepath.Join("testdata", name+".in.yaml")
 	b, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	m := &policy.Mesh{}
 	if err := yaml.UnmarshalStrict(b, m); err != nil {
-		t.Fatalf("%s: %v", path, err)
+		return fmt.Errorf("%s: %w", path, err)
 	}
-	return m
+	return nil
 }
 
 // byType is a Resources value as the golden files split it.
