@@ -23,9 +23,9 @@ import (
 // Endpoints are grouped into one locality per zone (endpoints without a zone
 // share the locality with an empty zone), sorted by zone, all at priority 0.
 // A locality's load_balancing_weight is its number of endpoints: proxyless
-// gRPC always splits traffic between localities by that weight (and rejects
-// weight 0), so weighting by size keeps the load per endpoint even across
-// zones. Envoy ignores locality weights unless locality-weighted balancing
+// gRPC always splits traffic between localities by that weight (and drops a
+// locality of weight 0), so weighting by size keeps the load per endpoint
+// even across zones. Envoy ignores locality weights unless locality-weighted balancing
 // is on, which Fjord does not turn on.
 func loadAssignment(sp servicePort) *endpointv3.ClusterLoadAssignment {
 	ready := make([]policy.Endpoint, 0, len(sp.port.Endpoints))

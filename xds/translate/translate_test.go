@@ -301,6 +301,27 @@ func rdsNames(t *testing.T, l *listenerv3.Listener) []string {
 	return names
 }
 
+// TestDomainsUnique checks the rule Envoy enforces on a route
+// configuration: no domain may belong to two virtual hosts.
+func TestDomainsUnique(t *testing.T) {
+	for _, name := range goldenCases(t) {
+		m := readMesh(t, name)
+		for _, kind := range node.Kinds {
+			for _, rc := range Translate(m, kind).Routes {
+				owner := map[string]string{}
+				for _, vh := range rc.GetVirtualHosts() {
+					for _, d := range vh.GetDomains() {
+						if o, ok := owner[d]; ok {
+							t.Errorf("%s %s: route %q: domain %q in virtual hosts %q and %q", name, kind, rc.GetName(), d, o, vh.GetName())
+						}
+						owner[d] = vh.GetName()
+					}
+				}
+			}
+		}
+	}
+}
+
 // TestSameClustersForBothKinds pins the decision that both proxy kinds get
 // identical clusters and endpoints (Envoy has the passthrough cluster on top).
 func TestSameClustersForBothKinds(t *testing.T) {
