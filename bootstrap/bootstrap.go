@@ -1,0 +1,222 @@
+package bootstrap
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"sigs.k8s.io/yaml"
+
+	"github.com/fjordmesh/fjord/xds/node"
+)
+
+// DefaultXDSAddress is the control plane's plaintext xDS address in
+// standalone mode.
+const DefaultXDSAddress = "127.0.0.1:15010"
+
+// ServerListenerTemplate is the listener name an xDS-enabled gRPC server
+// (xds.NewGRPCServer) asks for; %s is its listening address.
+const ServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
+
+// Envoy-side names.
+const (
+	// XDSCluster is the static cluster through which Envoy reaches the
+	// control plane.
+	XDSCluster = "xds_cluster"
+	// AdminAddress is where Envoy's admin interface listens: loopback only,
+	// since it can change the proxy's state.
+	AdminAddress = "127.0.0.1"
+	AdminPort    = 15000
+)
+
+// Render returns the bootstrap for the proxy kind of info.
+func Render(info node.Info, xdsAddress string) ([]byte, error) {
+	switch info.Kind {
+	case node.GRPC:
+		return GRPC(info, xdsAddress)
+	case node.Envoy:
+		return Envoy(info, xdsAddress)
+	}
+	return nil, fmt.Errorf("proxy kind %q: want %s or %s", info.Kind, node.Envoy, node.GRPC)
+}
+
+// grpcBootstrap is the subset of grpc-go's bootstrap format Fjord writes.
+type grpcBootstrap struct {
+	XDSServers                 []grpcServer    `json:"xds_servers"`
+	Node                       json.RawMessage `json:"node"`
+	ServerListenerNameTemplate string          `json:"server_listener_resource_name_template"`
+}
+
+type grpcServer struct {
+	ServerURI      string      `json:"server_uri"`
+	ChannelCreds   []grpcCreds `json:"channel_creds"`
+	ServerFeatures []string    `json:"server_features"`
+}
+
+type grpcCreds struct {
+	Type string `json:"type"`
+}
+
+// GRPC returns grpc-go's xDS bootstrap JSON (GRPC_XDS_BOOTSTRAP) for a
+// proxyless client or server. The channel to the control plane is
+// plaintext: this is the development address, port 15010.
+func GRPC(info node.Info, xdsAddress string) ([]byte, error) {
+	if err := check(info, node.GRPC, xdsAddress); err != nil {
+		return nil, err
+	}
+	n, err := protojson.Marshal(info.Node())
+	if err != nil {
+		return nil, fmt.Errorf("encoding node %s: %w", info.ID(), err)
+	}
+	b := grpcBootstrap{
+		XDSServers: []grpcServer{{
+			ServerURI:      xdsAddress,
+			ChannelCreds:   []grpcCreds{{Type: "insecure"}},
+			ServerFeatures: []string{"xds_v3"},
+		}},
+		// protojson output is deliberately unstable in whitespace;
+		// json.Marshal compacts it, so the file is byte-for-byte stable.
+		Node:                       n,
+		ServerListenerNameTemplate: ServerListenerTemplate,
+	}
+	out, err := json.MarshalIndent(b, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding bootstrap for %s: %w", info.ID(), err)
+	}
+	return append(out, '\n'), nil
+}
+
+// Envoy returns an Envoy bootstrap as YAML: the node, the admin interface
+// on loopback, and ADS over HTTP/2 to a static cluster pointing at the
+// control plane, from which clusters and listeners come.
+func Envoy(info node.Info, xdsAddress string) ([]byte, error) {
+	if err := check(info, node.Envoy, xdsAddress); err != nil {
+		return nil, err
+	}
+	host, port, _ := splitAddress(xdsAddress)
+	b, err := envoyBootstrap(info, host, port)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("bootstrap for %s: %w", info.ID(), err)
+	}
+	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(b)
+	if err != nil {
+		return nil, fmt.Errorf("encoding bootstrap for %s: %w", info.ID(), err)
+	}
+	out, err := yaml.JSONToYAML(js)
+	if err != nil {
+		return nil, fmt.Errorf("encoding bootstrap for %s: %w", info.ID(), err)
+	}
+	return out, nil
+}
+
+func envoyBootstrap(info node.Info, host string, port uint32) (*bootstrapv3.Bootstrap, error) {
+	http2, err := anypb.New(&httpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+				},
+			},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encoding HTTP/2 options: %w", err)
+	}
+	// An IP needs no resolution; a name is resolved and re-resolved by DNS.
+	discovery := clusterv3.Cluster_STRICT_DNS
+	if _, err := netip.ParseAddr(host); err == nil {
+		discovery = clusterv3.Cluster_STATIC
+	}
+	ads := func() *corev3.ConfigSource {
+		return &corev3.ConfigSource{
+			ResourceApiVersion:    corev3.ApiVersion_V3,
+			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+		}
+	}
+	return &bootstrapv3.Bootstrap{
+		Node: info.Node(),
+		Admin: &bootstrapv3.Admin{
+			Address: socketAddress(AdminAddress, AdminPort),
+		},
+		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
+			AdsConfig: &corev3.ApiConfigSource{
+				ApiType:             corev3.ApiConfigSource_GRPC,
+				TransportApiVersion: corev3.ApiVersion_V3,
+				GrpcServices: []*corev3.GrpcService{{
+					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+						EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSCluster},
+					},
+				}},
+			},
+			CdsConfig: ads(),
+			LdsConfig: ads(),
+		},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
+			Clusters: []*clusterv3.Cluster{{
+				Name:                 XDSCluster,
+				ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
+				ConnectTimeout:       durationpb.New(time.Second),
+				TypedExtensionProtocolOptions: map[string]*anypb.Any{
+					"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": http2,
+				},
+				LoadAssignment: &endpointv3.ClusterLoadAssignment{
+					ClusterName: XDSCluster,
+					Endpoints: []*endpointv3.LocalityLbEndpoints{{
+						LbEndpoints: []*endpointv3.LbEndpoint{{
+							HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
+								Endpoint: &endpointv3.Endpoint{Address: socketAddress(host, port)},
+							},
+						}},
+					}},
+				},
+			}},
+		},
+	}, nil
+}
+
+func socketAddress(host string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address:       host,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+// check validates the identity and the control plane address.
+func check(info node.Info, kind node.Kind, xdsAddress string) error {
+	if info.Kind != kind {
+		return fmt.Errorf("proxy kind %q: this bootstrap is for %s", info.Kind, kind)
+	}
+	if err := info.Validate(); err != nil {
+		return err
+	}
+	if _, _, err := splitAddress(xdsAddress); err != nil {
+		return err
+	}
+	return nil
+}
+
+func splitAddress(addr string) (string, uint32, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("xds address %q: %w", addr, err)
+	}
+	port, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || port == 0 || host == "" {
+		return "", 0, fmt.Errorf("xds address %q: want host:port with a port from 1 to 65535", addr)
+	}
+	return host, uint32(port), nil
+}

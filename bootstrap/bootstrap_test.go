@@ -1,0 +1,190 @@
+package bootstrap
+
+import (
+	"context"
+	"flag"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/xds"
+	"google.golang.org/protobuf/encoding/protojson"
+	"sigs.k8s.io/yaml"
+
+	"github.com/fjordmesh/fjord/xds/node"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+func info(kind node.Kind) node.Info {
+	return node.Info{Namespace: "demo", Workload: "client", ServiceAccount: "client-sa", Kind: kind}
+}
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./bootstrap -update)", err)
+	}
+	if d := cmp.Diff(string(want), string(got)); d != "" {
+		t.Errorf("%s (-golden +got):\n%s", name, d)
+	}
+}
+
+func TestGolden(t *testing.T) {
+	tests := map[string]struct {
+		kind node.Kind
+		addr string
+	}{
+		"grpc.json":              {node.GRPC, DefaultXDSAddress},
+		"envoy.yaml":             {node.Envoy, DefaultXDSAddress},
+		"envoy-dns-address.yaml": {node.Envoy, "fjord-cp.fjord-system.svc:15010"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, err := Render(info(tc.kind), tc.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, name, got)
+		})
+	}
+}
+
+// TestEnvoyValidates reads the YAML back the way Envoy does and runs the
+// protos' own validation on it.
+func TestEnvoyValidates(t *testing.T) {
+	for addr, wantType := range map[string]clusterv3.Cluster_DiscoveryType{
+		"127.0.0.1:15010":                 clusterv3.Cluster_STATIC,
+		"[::1]:15010":                     clusterv3.Cluster_STATIC,
+		"fjord-cp.fjord-system.svc:15010": clusterv3.Cluster_STRICT_DNS,
+	} {
+		t.Run(addr, func(t *testing.T) {
+			out, err := Envoy(info(node.Envoy), addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			js, err := yaml.YAMLToJSON(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b bootstrapv3.Bootstrap
+			if err := protojson.Unmarshal(js, &b); err != nil {
+				t.Fatalf("not an Envoy bootstrap: %v\n%s", err, out)
+			}
+			if err := b.ValidateAll(); err != nil {
+				t.Fatalf("ValidateAll: %v", err)
+			}
+			got, err := node.FromNode(b.GetNode())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != info(node.Envoy) {
+				t.Errorf("node identity = %+v, want %+v", got, info(node.Envoy))
+			}
+			c := b.GetStaticResources().GetClusters()[0]
+			if c.GetType() != wantType {
+				t.Errorf("xds cluster type = %v, want %v", c.GetType(), wantType)
+			}
+			if b.GetDynamicResources().GetCdsConfig().GetAds() == nil || b.GetDynamicResources().GetLdsConfig().GetAds() == nil {
+				t.Errorf("CDS and LDS must come over ADS: %v", b.GetDynamicResources())
+			}
+		})
+	}
+}
+
+func TestErrors(t *testing.T) {
+	tests := map[string]struct {
+		info node.Info
+		addr string
+		want string
+	}{
+		"missing service account": {node.Info{Namespace: "a", Workload: "b", Kind: node.GRPC}, DefaultXDSAddress, "SERVICE_ACCOUNT"},
+		"bad kind":                {node.Info{Namespace: "a", Workload: "b", ServiceAccount: "c", Kind: "istio"}, DefaultXDSAddress, "istio"},
+		"address without port":    {info(node.GRPC), "127.0.0.1", `xds address "127.0.0.1"`},
+		"port out of range":       {info(node.Envoy), "127.0.0.1:70000", "port from 1 to 65535"},
+		"empty host":              {info(node.Envoy), ":15010", "want host:port"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := Render(tc.info, tc.addr)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Render = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestGRPCBootstrapReachesServer hands the bootstrap to grpc-go's own xDS
+// client and checks, at a real xDS server on loopback, that it connects and
+// presents the identity the control plane expects.
+func TestGRPCBootstrapReachesServer(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := make(chan *corev3.Node, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := serverv3.NewServer(ctx, cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil), serverv3.CallbackFuncs{
+		StreamRequestFunc: func(_ int64, req *discoveryv3.DiscoveryRequest) error {
+			select {
+			case nodes <- req.GetNode():
+			default:
+			}
+			return nil
+		},
+	})
+	g := grpc.NewServer()
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, srv)
+	go g.Serve(lis)
+	defer g.Stop()
+
+	want := info(node.GRPC)
+	bs, err := GRPC(want, lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolver, err := xds.NewXDSResolverWithConfigForTesting(bs)
+	if err != nil {
+		t.Fatalf("grpc-go rejects the bootstrap: %v\n%s", err, bs)
+	}
+	conn, err := grpc.NewClient("xds:///echo.demo.svc.cluster.local:50051",
+		grpc.WithResolvers(resolver), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Connect()
+	select {
+	case n := <-nodes:
+		got, err := node.FromNode(n)
+		if err != nil {
+			t.Fatalf("server cannot read the node: %v", err)
+		}
+		if got != want || n.GetId() != want.ID() {
+			t.Errorf("server saw %+v (id %q), want %+v (id %q)", got, n.GetId(), want, want.ID())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the xDS client never sent a request")
+	}
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/fjordmesh/fjord/bootstrap"
+	"github.com/fjordmesh/fjord/xds/node"
+)
+
+func newBootstrap() *cobra.Command {
+	var (
+		kind, out, xdsAddress string
+		info                  node.Info
+	)
+	cmd := &cobra.Command{
+		Use:   "bootstrap",
+		Short: "Write the bootstrap a proxy needs to reach the control plane",
+		Long: `Write the xDS bootstrap for one workload.
+
+  --kind grpc   grpc-go bootstrap JSON: point GRPC_XDS_BOOTSTRAP at it and dial
+                xds:///<service>.<namespace>.svc.cluster.local:<port>
+  --kind envoy  Envoy bootstrap YAML: envoy -c FILE
+
+The node id and metadata carry the namespace, workload name, service account
+and proxy kind, which the control plane requires on every xDS stream.`,
+		Example: "  fjordctl bootstrap --kind grpc --namespace demo --name client --service-account client -o bootstrap.json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			k, err := node.ParseKind(kind)
+			if err != nil {
+				return err
+			}
+			info.Kind = k
+			data, err := bootstrap.Render(info, xdsAddress)
+			if err != nil {
+				return err
+			}
+			if out == "" || out == "-" {
+				_, err := cmd.OutOrStdout().Write(data)
+				return err
+			}
+			return writeFile(out, data)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&kind, "kind", "", "proxy kind: grpc or envoy")
+	f.StringVar(&info.Namespace, "namespace", "", "namespace of the workload")
+	f.StringVar(&info.Workload, "name", "", "workload name")
+	f.StringVar(&info.ServiceAccount, "service-account", "", "service account of the workload")
+	f.StringVar(&xdsAddress, "xds-address", bootstrap.DefaultXDSAddress, "control plane xDS address (host:port)")
+	f.StringVarP(&out, "output", "o", "", "file to write (default: standard output)")
+	for _, name := range []string{"kind", "namespace", "name", "service-account"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}
+
+// writeFile replaces path atomically, so a proxy starting at the same time
+// never reads half a bootstrap.
+func writeFile(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
