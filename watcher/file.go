@@ -1,12 +1,14 @@
 package watcher
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -30,8 +32,9 @@ import (
 // A file that does not parse is logged with its path and reason and keeps
 // contributing its last good content, so a half-saved edit never takes
 // objects away from the proxies; a file that was never good contributes
-// nothing. When two files define the same object, the one whose path sorts
-// first wins and the other definition is reported.
+// nothing. With a Memory, the last good content survives restarts too. When
+// two files define the same object, the one whose path sorts first wins and
+// the other definition is reported.
 type FileSource struct {
 	// Dir is the directory to read.
 	Dir string
@@ -44,6 +47,19 @@ type FileSource struct {
 	// (a file that does not parse, an object defined twice), besides the
 	// log line; the control plane counts them.
 	OnError func(error)
+	// Memory, if set, keeps the last good content of every file across
+	// restarts: a file that is broken when the control plane starts
+	// contributes what it held when it last parsed, as it would have had
+	// the control plane kept running.
+	Memory FileMemory
+}
+
+// FileMemory stores the last good content of each file, keyed by its path
+// relative to the directory (so the same tree mounted elsewhere still
+// matches).
+type FileMemory interface {
+	LoadFiles() (map[string][]byte, error)
+	SaveFiles(map[string][]byte) error
 }
 
 // fileState is what the source remembers about one file.
@@ -54,6 +70,7 @@ type fileState struct {
 	read      bool // sum is set
 	sum       [sha256.Size]byte
 	good      *Objects // last content that parsed, nil if none ever did
+	goodData  []byte   // the bytes good was decoded from
 }
 
 // fileScan is the state of one Run, touched only by builds, which the
@@ -67,6 +84,10 @@ type fileScan struct {
 	dups      map[string]bool // duplicate reports already made
 	published *model.Snapshot
 	publish   func(*model.Snapshot)
+	// seeds is the last good content from the previous run, by relative
+	// path, used by the first build only; saved is what Memory holds.
+	seeds map[string][]byte
+	saved map[string][]byte
 }
 
 // Run implements Source. It fails at once if Dir cannot be read or watched;
@@ -95,6 +116,12 @@ func (s *FileSource) Run(ctx context.Context, publish func(*model.Snapshot)) err
 	}
 	if err := scan.watch(s.Dir); err != nil {
 		return err
+	}
+	if s.Memory != nil {
+		if scan.seeds, err = s.Memory.LoadFiles(); err != nil {
+			scan.reportError("cannot load the files' last good content from the previous run", err, "dir", s.Dir)
+		}
+		scan.saved = scan.seeds
 	}
 	c := NewCoalescer(scan.build, CoalesceOptions{HoldOff: s.HoldOff, MaxDelay: s.MaxDelay})
 	defer c.Stop() // runs before w.Close: no build after Run returns
@@ -157,6 +184,8 @@ func (f *fileScan) build() {
 			delete(f.files, p)
 		}
 	}
+	f.seeds = nil
+	f.remember()
 	snap := f.assemble(paths)
 	if f.published != nil && reflect.DeepEqual(f.published, snap) {
 		return
@@ -257,6 +286,9 @@ func (f *fileScan) read(p string) {
 	st.read, st.sum = true, sum
 	objs, err := Decode(p, data, st.firstSeen)
 	if err != nil {
+		if st.good == nil {
+			f.recall(p, st)
+		}
 		f.reportError("config file rejected, keeping its last good content", err,
 			"path", p, "hasLastGood", st.good != nil)
 		return
@@ -265,7 +297,51 @@ func (f *fileScan) read(p string) {
 		f.log.Debug("skipping object of a kind the mesh does not read",
 			"path", p, "document", r.Document, "apiVersion", r.APIVersion, "kind", r.Kind, "object", r.Key.String())
 	}
-	st.good = objs
+	st.good, st.goodData = objs, data
+}
+
+// recall gives a file that is broken at startup the content it had when it
+// last parsed, in the previous run.
+func (f *fileScan) recall(p string, st *fileState) {
+	seed, ok := f.seeds[f.rel(p)]
+	if !ok {
+		return
+	}
+	objs, err := Decode(p, seed, st.firstSeen)
+	if err != nil {
+		f.log.Warn("last good content from the previous run no longer parses; dropping it", "path", p, "error", err)
+		return
+	}
+	f.log.Warn("using the last good content from the previous run", "path", p)
+	st.good, st.goodData = objs, seed
+}
+
+// remember hands the good content of every file to Memory when it changed.
+func (f *fileScan) remember() {
+	if f.src.Memory == nil {
+		return
+	}
+	good := map[string][]byte{}
+	for p, st := range f.files {
+		if st.good != nil {
+			good[f.rel(p)] = st.goodData
+		}
+	}
+	if maps.EqualFunc(good, f.saved, bytes.Equal) {
+		return
+	}
+	if err := f.src.Memory.SaveFiles(good); err != nil {
+		f.reportError("cannot save the files' last good content", err, "dir", f.src.Dir)
+		return
+	}
+	f.saved = good
+}
+
+func (f *fileScan) rel(p string) string {
+	if r, err := filepath.Rel(f.src.Dir, p); err == nil {
+		return filepath.ToSlash(r)
+	}
+	return p
 }
 
 // assemble merges the good content of every file into one sorted snapshot.

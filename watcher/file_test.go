@@ -53,17 +53,31 @@ type sourceRun struct {
 	count  int
 	errs   chan error
 	done   chan error
+	stop   func() // ends Run before the test does
 }
 
 func startSource(t *testing.T, dir string) *sourceRun {
 	t.Helper()
+	return startSourceWith(t, dir, nil)
+}
+
+func startSourceWith(t *testing.T, dir string, mem FileMemory) *sourceRun {
+	t.Helper()
 	r := &sourceRun{errs: make(chan error, 100), done: make(chan error, 1)}
 	src := &FileSource{
+		Memory: mem,
 		Dir: dir, HoldOff: 5 * time.Millisecond, MaxDelay: 20 * time.Millisecond,
 		Log:     slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 		OnError: func(err error) { r.errs <- err },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	r.stop = func() {
+		cancel()
+		if err := <-r.done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		r.done <- nil
+	}
 	go func() {
 		r.done <- src.Run(ctx, func(s *model.Snapshot) {
 			r.mu.Lock()
@@ -78,6 +92,26 @@ func startSource(t *testing.T, dir string) *sourceRun {
 		}
 	})
 	return r
+}
+
+// memory is a FileMemory in memory.
+type memory struct {
+	mu    sync.Mutex
+	files map[string][]byte
+	saves int
+}
+
+func (m *memory) LoadFiles() (map[string][]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.files, nil
+}
+
+func (m *memory) SaveFiles(f map[string][]byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.files, m.saves = f, m.saves+1
+	return nil
 }
 
 func (r *sourceRun) snapshot() (*model.Snapshot, int) {
@@ -226,6 +260,42 @@ func TestFileSourceLifecycle(t *testing.T) {
 		}
 		r.waitFor(t, "policies gone", func(s *model.Snapshot) bool { return len(s.Policies) == 0 })
 	})
+}
+
+// TestFileSourceMemory restarts the source on a directory whose files broke
+// while it was down: they contribute their content from the previous run.
+func TestFileSourceMemory(t *testing.T) {
+	dir := t.TempDir()
+	mem := &memory{}
+	write(t, filepath.Join(dir, "echo.yaml"), echoService)
+	write(t, filepath.Join(dir, "p", "breaker.yaml"), breakerPolicy)
+	write(t, filepath.Join(dir, "gone.yaml"), strings.Replace(breakerPolicy, "name: breaker", "name: gone", 1))
+	r := startSourceWith(t, dir, mem)
+	r.waitFor(t, "first run", func(s *model.Snapshot) bool { return hasPolicy(s, "gone") })
+	r.stop()
+	if got := mem.files["p/breaker.yaml"]; string(got) != breakerPolicy {
+		t.Fatalf("memory holds %q for p/breaker.yaml, want its content", got)
+	}
+
+	write(t, filepath.Join(dir, "echo.yaml"), "kind: [broken\n")
+	write(t, filepath.Join(dir, "p", "breaker.yaml"), "spec: {retry: {attempts: }\n")
+	write(t, filepath.Join(dir, "never.yaml"), "kind: [broken\n")
+	if err := os.Remove(filepath.Join(dir, "gone.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	saves := mem.saves
+	r = startSourceWith(t, dir, mem)
+	s := r.waitFor(t, "second run", func(*model.Snapshot) bool { return true })
+	if len(s.Services) != 1 || !hasPolicy(s, "breaker") {
+		t.Fatalf("broken files lost their last good content across the restart: %+v", s)
+	}
+	if hasPolicy(s, "gone") {
+		t.Fatal("a file deleted while the source was down came back from memory")
+	}
+	r.stop()
+	if mem.saves != saves+1 || mem.files["gone.yaml"] != nil || mem.files["echo.yaml"] == nil {
+		t.Fatalf("memory after the second run (%d saves): %v", mem.saves-saves, mem.files)
+	}
 }
 
 func TestFileSourceDuplicates(t *testing.T) {
