@@ -36,6 +36,7 @@ var (
 var (
 	keySnapshot = []byte("snapshot")
 	keyAccepted = []byte("accepted")
+	keyFiles    = []byte("files")
 )
 
 // Store is an open data directory. Its methods are safe for concurrent use.
@@ -105,6 +106,21 @@ func (s *Store) LoadAccepted() ([]model.Policy, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// SaveFiles records the last good content of every file of the config
+// directory, by relative path (see watcher.FileMemory).
+func (s *Store) SaveFiles(files map[string][]byte) error {
+	return s.put(keyFiles, files)
+}
+
+// LoadFiles returns what SaveFiles saved, nil if nothing.
+func (s *Store) LoadFiles() (map[string][]byte, error) {
+	var f map[string][]byte
+	if _, err := s.get(keyFiles, &f); err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
 func (s *Store) put(key []byte, v any) error {

@@ -92,6 +92,27 @@ func TestRoundTripAcrossReopen(t *testing.T) {
 	}
 }
 
+func TestFiles(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	if f, err := s.LoadFiles(); f != nil || err != nil {
+		t.Fatalf("LoadFiles on a new store = %v, %v", f, err)
+	}
+	want := map[string][]byte{"a.yaml": []byte("kind: Service\n"), "sub/b.yaml": {0xff, 0x00}}
+	if err := s.SaveFiles(want); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = open(t, dir)
+	got, err := s.LoadFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("(-saved +loaded):\n%s", d)
+	}
+}
+
 func TestSaveReplaces(t *testing.T) {
 	s := open(t, t.TempDir())
 	if err := s.SaveConfig(testSnapshot()); err != nil {
