@@ -32,57 +32,73 @@ func newEndpointIndex(in []model.EndpointSlice) endpointIndex {
 // slices; it is kept once, ready if either copy is ready, otherwise the copy
 // from the first slice by name wins.
 func (idx endpointIndex) endpoints(svc model.Key, port string) []Endpoint {
-	type addrPort struct {
-		addr string
-		port int32
+	// candidate carries the parsed address so that sorting does not parse
+	// it on every comparison, and seq, the position in slice-name order,
+	// so that "first" is well defined after sorting.
+	type candidate struct {
+		ep   Endpoint
+		addr netip.Addr
+		ip   bool
+		seq  int
 	}
-	var out []Endpoint
-	at := map[addrPort]int{}
+	var cands []candidate
 	for _, s := range idx[svc] {
 		i := slices.IndexFunc(s.Ports, func(p model.EndpointPort) bool { return p.Name == port })
 		if i < 0 || s.Ports[i].Port <= 0 {
 			continue
 		}
+		if cands == nil {
+			cands = make([]candidate, 0, len(s.Endpoints))
+		}
 		target := s.Ports[i].Port
 		for _, e := range s.Endpoints {
-			ep := Endpoint{
-				Address:        e.Address,
-				Port:           target,
-				Ready:          e.Ready,
-				Zone:           e.Zone,
-				Workload:       e.Workload,
-				ServiceAccount: e.ServiceAccount,
-			}
-			k := addrPort{e.Address, target}
-			if j, ok := at[k]; ok {
-				if !out[j].Ready && ep.Ready {
-					out[j] = ep
-				}
-				continue
-			}
-			at[k] = len(out)
-			out = append(out, ep)
+			addr, err := netip.ParseAddr(e.Address)
+			cands = append(cands, candidate{
+				ep: Endpoint{
+					Address:        e.Address,
+					Port:           target,
+					Ready:          e.Ready,
+					Zone:           e.Zone,
+					Workload:       e.Workload,
+					ServiceAccount: e.ServiceAccount,
+				},
+				addr: addr,
+				ip:   err == nil,
+				seq:  len(cands),
+			})
 		}
 	}
-	slices.SortFunc(out, func(a, b Endpoint) int {
-		return cmp.Or(compareAddresses(a.Address, b.Address), cmp.Compare(a.Port, b.Port))
+	if len(cands) == 0 {
+		return nil
+	}
+	slices.SortFunc(cands, func(a, b candidate) int {
+		return cmp.Or(compareAddresses(a.addr, a.ip, a.ep.Address, b.addr, b.ip, b.ep.Address),
+			cmp.Compare(a.ep.Port, b.ep.Port), cmp.Compare(a.seq, b.seq))
 	})
+	out := make([]Endpoint, 0, len(cands))
+	for _, c := range cands {
+		if n := len(out); n > 0 && out[n-1].Address == c.ep.Address && out[n-1].Port == c.ep.Port {
+			if !out[n-1].Ready && c.ep.Ready {
+				out[n-1] = c.ep
+			}
+			continue
+		}
+		out = append(out, c.ep)
+	}
 	return out
 }
 
 // compareAddresses orders IP addresses numerically (10.0.0.2 before
 // 10.0.0.10), IPv4 before IPv6, and anything that is not an IP address
 // after them as text.
-func compareAddresses(a, b string) int {
-	ia, errA := netip.ParseAddr(a)
-	ib, errB := netip.ParseAddr(b)
+func compareAddresses(a netip.Addr, aIP bool, aText string, b netip.Addr, bIP bool, bText string) int {
 	switch {
-	case errA == nil && errB == nil:
-		return cmp.Or(ia.Compare(ib), strings.Compare(a, b))
-	case errA == nil:
+	case aIP && bIP:
+		return cmp.Or(a.Compare(b), strings.Compare(aText, bText))
+	case aIP:
 		return -1
-	case errB == nil:
+	case bIP:
 		return 1
 	}
-	return strings.Compare(a, b)
+	return strings.Compare(aText, bText)
 }

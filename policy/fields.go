@@ -10,8 +10,9 @@ import (
 )
 
 // The spec is walked by reflection rather than by hand so that a field added
-// to the API is merged, attributed and checked for enforcement without anyone
-// remembering to extend a list here; the tests pin the resulting paths.
+// to the API is merged, attributed, validated and checked for enforcement
+// without anyone remembering to extend a list here; the tests pin the
+// resulting paths.
 
 // atomicTypes are struct types merged as one value: their fields constrain
 // each other (backoff's maxInterval must not be below its baseInterval), so
@@ -23,29 +24,50 @@ var atomicTypes = map[reflect.Type]bool{
 
 var specType = reflect.TypeFor[fjordv1a1.ResiliencePolicySpec]()
 
-// jsonName returns a field's JSON name, or "" for fields that are not part
-// of the policy's sections (targetRefs, untagged or inlined fields).
-func jsonName(f reflect.StructField) string {
-	name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-	if name == "-" || name == "targetRefs" {
-		return ""
-	}
-	return name
+// field is what the walks need to know about one struct field. It is
+// computed once per type: reading struct tags on every walk dominated
+// resolution time.
+type field struct {
+	index int
+	// name is the JSON name.
+	name string
+	// leaf says the field is merged as a whole: everything except pointers
+	// to non-atomic structs. Lists are atomic, as in Gateway API policy
+	// merging.
+	leaf bool
 }
 
-// isLeaf says whether a field type is merged as a whole: everything except
-// pointers to non-atomic structs. Lists are atomic, as in Gateway API
-// policy merging.
-func isLeaf(t reflect.Type) bool {
-	if t.Kind() != reflect.Pointer || t.Elem().Kind() != reflect.Struct {
-		return true
+// fieldsOf holds the policy fields of the spec and of every struct under
+// it; targetRefs is left out, it is not part of the effective policy.
+// Filled at package initialisation and only read afterwards.
+var fieldsOf = map[reflect.Type][]field{}
+
+// allLeaves is leafPaths, computed once.
+var allLeaves []string
+
+func init() {
+	var visit func(t reflect.Type)
+	visit = func(t reflect.Type) {
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "" || name == "-" || name == "targetRefs" {
+				continue
+			}
+			sub := f.Type.Kind() == reflect.Pointer && f.Type.Elem().Kind() == reflect.Struct
+			fieldsOf[t] = append(fieldsOf[t], field{index: i, name: name, leaf: !sub || atomicTypes[f.Type.Elem()]})
+			if sub {
+				visit(f.Type.Elem())
+			}
+		}
 	}
-	return atomicTypes[t.Elem()]
+	visit(specType)
+	allLeaves = leafPaths()
 }
 
-// isSet says whether a leaf value was written by the policy. A list counts
-// only when it has items: an empty list and an absent one look the same
-// once they have been through JSON with omitempty.
+// isSet says whether a value was written by the policy. A list counts only
+// when it has items: an empty list and an absent one look the same once
+// they have been through JSON with omitempty.
 func isSet(v reflect.Value) bool {
 	switch v.Kind() {
 	case reflect.Pointer:
@@ -62,17 +84,12 @@ func leafPaths() []string {
 	var out []string
 	var walk func(t reflect.Type, prefix string)
 	walk = func(t reflect.Type, prefix string) {
-		for i := range t.NumField() {
-			f := t.Field(i)
-			name := jsonName(f)
-			if name == "" {
+		for _, f := range fieldsOf[t] {
+			if f.leaf {
+				out = append(out, prefix+f.name)
 				continue
 			}
-			if isLeaf(f.Type) {
-				out = append(out, prefix+name)
-				continue
-			}
-			walk(f.Type.Elem(), prefix+name+".")
+			walk(t.Field(f.index).Type.Elem(), prefix+f.name+".")
 		}
 	}
 	walk(specType, "")
@@ -85,19 +102,16 @@ func setLeaves(spec *fjordv1a1.ResiliencePolicySpec) []string {
 	var out []string
 	var walk func(v reflect.Value, prefix string)
 	walk = func(v reflect.Value, prefix string) {
-		t := v.Type()
-		for i := range t.NumField() {
-			f := t.Field(i)
-			name := jsonName(f)
-			fv := v.Field(i)
-			if name == "" || !isSet(fv) {
+		for _, f := range fieldsOf[v.Type()] {
+			fv := v.Field(f.index)
+			if !isSet(fv) {
 				continue
 			}
-			if isLeaf(f.Type) {
-				out = append(out, prefix+name)
+			if f.leaf {
+				out = append(out, prefix+f.name)
 				continue
 			}
-			walk(fv.Elem(), prefix+name+".")
+			walk(fv.Elem(), prefix+f.name+".")
 		}
 	}
 	walk(reflect.ValueOf(spec).Elem(), "")
@@ -118,7 +132,6 @@ func merge(layers []layer) (fjordv1a1.ResiliencePolicySpec, []FieldSource) {
 	src := map[string]FieldSource{}
 	for _, l := range layers {
 		s := l.policy.used.Spec.DeepCopy()
-		s.TargetRefs = nil
 		mergeStruct(reflect.ValueOf(&out).Elem(), reflect.ValueOf(s).Elem(), "", func(path string) {
 			src[path] = FieldSource{Path: path, Policy: l.policy.key, Level: l.level}
 		})
@@ -136,24 +149,21 @@ func merge(layers []layer) (fjordv1a1.ResiliencePolicySpec, []FieldSource) {
 // A section that is set but empty (outlierDetection: {}) still turns the
 // section on in dst.
 func mergeStruct(dst, src reflect.Value, prefix string, record func(path string)) {
-	t := src.Type()
-	for i := range t.NumField() {
-		f := t.Field(i)
-		name := jsonName(f)
-		sv := src.Field(i)
-		if name == "" || !isSet(sv) {
+	for _, f := range fieldsOf[src.Type()] {
+		sv := src.Field(f.index)
+		if !isSet(sv) {
 			continue
 		}
-		dv := dst.Field(i)
-		if isLeaf(f.Type) {
+		dv := dst.Field(f.index)
+		if f.leaf {
 			dv.Set(sv)
-			record(prefix + name)
+			record(prefix + f.name)
 			continue
 		}
 		if dv.IsNil() {
-			dv.Set(reflect.New(f.Type.Elem()))
+			dv.Set(reflect.New(sv.Type().Elem()))
 		}
-		mergeStruct(dv.Elem(), sv.Elem(), prefix+name+".", record)
+		mergeStruct(dv.Elem(), sv.Elem(), prefix+f.name+".", record)
 	}
 }
 
@@ -195,30 +205,28 @@ var grpcRetryOn = map[fjordv1a1.RetryOn]bool{
 // proxyless gRPC for the gRPC conditions only; the status message names the
 // HTTP conditions a policy uses separately.
 func Unenforced(kind node.Kind) []string {
-	if kind != node.GRPC {
-		return nil
-	}
-	var out []string
-	for _, p := range leafPaths() {
+	return slices.Clone(unenforced[kind])
+}
+
+// unenforced holds Unenforced for each kind, computed at initialisation.
+var unenforced = map[node.Kind][]string{}
+
+func init() {
+	for _, p := range allLeaves {
 		if !grpcEnforced[p] {
-			out = append(out, p)
+			unenforced[node.GRPC] = append(unenforced[node.GRPC], p)
 		}
 	}
-	slices.Sort(out)
-	return out
+	slices.Sort(unenforced[node.GRPC])
 }
 
 // unenforcedBy lists what a proxy kind ignores of the fields one spec sets,
 // sorted: leaf paths, and for retry.retryOn each ignored condition as
 // retry.retryOn[value].
 func unenforcedBy(kind node.Kind, spec *fjordv1a1.ResiliencePolicySpec) []string {
-	skip := map[string]bool{}
-	for _, p := range Unenforced(kind) {
-		skip[p] = true
-	}
 	var out []string
 	for _, p := range setLeaves(spec) {
-		if skip[p] {
+		if _, ok := slices.BinarySearch(unenforced[kind], p); ok {
 			out = append(out, p)
 		}
 	}

@@ -37,6 +37,9 @@ type policyState struct {
 	used *model.Policy
 	// invalid is the validation failure of current, "" when it is valid.
 	invalid string
+	// notEnforced is the part of the Accepted message naming the fields
+	// some proxy kind ignores; computed on first use.
+	notEnforced *string
 }
 
 // target is one place a policy attaches to: a port of a Service (by name),
@@ -220,20 +223,35 @@ func (r *resolver) compete(states []*policyState) {
 // ports sorted by number.
 func (r *resolver) resolveServices(in *model.Snapshot) []Service {
 	eps := newEndpointIndex(in.EndpointSlices)
+	// Most ports share their stack of winning policies (often just the
+	// defaults), so each distinct stack is merged once; every port still
+	// gets its own copy.
+	type merged struct {
+		spec    fjordv1a1.ResiliencePolicySpec
+		sources []FieldSource
+	}
+	cache := map[string]*merged{}
 	out := make([]Service, 0, len(in.Services))
 	for i := range in.Services {
 		s := &in.Services[i]
 		svc := Service{Key: s.Key, Ports: make([]Port, 0, len(s.Ports))}
 		for _, sp := range s.Ports {
-			spec, sources := merge(r.layers(s.Key, sp.Name))
-			fillDefaults(&spec)
+			layers := r.layers(s.Key, sp.Name)
+			id := stackID(layers)
+			m := cache[id]
+			if m == nil {
+				m = &merged{}
+				m.spec, m.sources = merge(layers)
+				fillDefaults(&m.spec)
+				cache[id] = m
+			}
 			svc.Ports = append(svc.Ports, Port{
 				Name:        sp.Name,
 				Port:        sp.Port,
 				AppProtocol: sp.AppProtocol,
 				Endpoints:   eps.endpoints(s.Key, sp.Name),
-				Policy:      spec,
-				Sources:     sources,
+				Policy:      *m.spec.DeepCopy(),
+				Sources:     slices.Clone(m.sources),
 			})
 		}
 		slices.SortFunc(svc.Ports, func(a, b Port) int {
@@ -243,6 +261,15 @@ func (r *resolver) resolveServices(in *model.Snapshot) []Service {
 	}
 	slices.SortFunc(out, func(a, b Service) int { return compareKeys(a.Key, b.Key) })
 	return out
+}
+
+// stackID names a stack of layers for memoizing merges.
+func stackID(layers []layer) string {
+	var b strings.Builder
+	for _, l := range layers {
+		fmt.Fprintf(&b, "%d/%s/%s;", l.level, l.policy.key.Namespace, l.policy.key.Name)
+	}
+	return b.String()
 }
 
 // layers returns the winning policies that apply to one port, least
@@ -347,12 +374,17 @@ func (r *resolver) acceptedMessage(st *policyState, at target) string {
 	if at.level == LevelNamespace {
 		msg = "Accepted as " + r.describe(at) + "."
 	}
-	for _, kind := range node.Kinds {
-		if u := unenforcedBy(kind, &st.used.Spec); len(u) > 0 {
-			msg += fmt.Sprintf(" Not enforced by %s: %s.", kindName(kind), strings.Join(u, ", "))
+	if st.notEnforced == nil {
+		var b strings.Builder
+		for _, kind := range node.Kinds {
+			if u := unenforcedBy(kind, &st.used.Spec); len(u) > 0 {
+				fmt.Fprintf(&b, " Not enforced by %s: %s.", kindName(kind), strings.Join(u, ", "))
+			}
 		}
+		s := b.String()
+		st.notEnforced = &s
 	}
-	return msg
+	return msg + *st.notEnforced
 }
 
 func kindName(k node.Kind) string {

@@ -115,15 +115,12 @@ func validateTargetRefs(refs []fjordv1a1.TargetRef, fail func(path, format strin
 // validateLeaves checks every set field under v by its type, descending
 // into every section (also into atomic ones such as backoff).
 func validateLeaves(v reflect.Value, prefix string, fail func(path, format string, args ...any)) {
-	t := v.Type()
-	for i := range t.NumField() {
-		f := t.Field(i)
-		name := jsonName(f)
-		fv := v.Field(i)
-		if name == "" || !isSet(fv) {
+	for _, f := range fieldsOf[v.Type()] {
+		fv := v.Field(f.index)
+		if !isSet(fv) {
 			continue
 		}
-		path := prefix + name
+		path := prefix + f.name
 		switch x := fv.Interface().(type) {
 		case *fjordv1a1.Duration:
 			d, err := x.Parse()

@@ -1,0 +1,258 @@
+package policy
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
+	"github.com/fjordmesh/fjord/watcher/model"
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// TestResolveSharesNoMemory changes everything reachable from the result
+// and checks the input did not change with it: the snapshot is shared by
+// every consumer and must stay immutable whatever a translator does.
+func TestResolveSharesNoMemory(t *testing.T) {
+	snap, last := loadCase(t, "precedence-merge")
+	before := mustJSON(t, snap)
+	m := Resolve(snap, Options{LastAccepted: last})
+	if n := scribble(reflect.ValueOf(m)); n < 100 {
+		t.Fatalf("only %d values changed; the case is too small to show anything", n)
+	}
+	if after := mustJSON(t, snap); after != before {
+		t.Fatalf("changing the resolved mesh changed the input snapshot:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+func TestResolveMeshNamespaceOption(t *testing.T) {
+	snap := &model.Snapshot{
+		Services: []model.Service{
+			{Key: model.Key{Namespace: "demo", Name: "echo"}, Ports: []model.ServicePort{{Name: "grpc", Port: 8080}}},
+		},
+		Policies: []model.Policy{
+			{Key: model.Key{Namespace: "fjord-system", Name: "d"}, Generation: 1, Spec: fjordv1a1.ResiliencePolicySpec{Timeout: &fjordv1a1.Timeout{Request: ptr[fjordv1a1.Duration]("1s")}}},
+			{Key: model.Key{Namespace: "mesh", Name: "d"}, Generation: 1, Spec: fjordv1a1.ResiliencePolicySpec{Timeout: &fjordv1a1.Timeout{Request: ptr[fjordv1a1.Duration]("2s")}}},
+		},
+	}
+	cases := map[string]struct {
+		opts Options
+		want string
+		from model.Key
+	}{
+		"default namespace": {opts: Options{}, want: "1s", from: model.Key{Namespace: "fjord-system", Name: "d"}},
+		"custom namespace":  {opts: Options{MeshNamespace: "mesh"}, want: "2s", from: model.Key{Namespace: "mesh", Name: "d"}},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			p := Resolve(snap, tc.opts).Services[0].Ports[0]
+			if got := string(*p.Policy.Timeout.Request); got != tc.want {
+				t.Errorf("timeout.request = %s, want %s", got, tc.want)
+			}
+			want := []FieldSource{{Path: "timeout.request", Policy: tc.from, Level: LevelMesh}}
+			if d := cmp.Diff(want, p.Sources); d != "" {
+				t.Errorf("sources (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+// FuzzResolve feeds mutated golden inputs through Resolve and checks the
+// properties every output must have, whatever the input: it is
+// deterministic and order-independent, every policy gets exactly one status
+// with one well-formed condition per ancestor, only valid specs are used,
+// and every effective policy is valid apart from combinations that only
+// merging can produce.
+func FuzzResolve(f *testing.F) {
+	ins, err := filepath.Glob("testdata/*.in.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, in := range ins {
+		b, err := os.ReadFile(in)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	reasons := []string{fjordv1a1.ReasonAccepted, fjordv1a1.ReasonInvalid, fjordv1a1.ReasonConflicted, fjordv1a1.ReasonTargetNotFound}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		snap, last, err := decodeObjects(data)
+		if err != nil {
+			return
+		}
+		m := Resolve(snap, Options{LastAccepted: last})
+		got := mustYAML(t, m)
+		if again := mustYAML(t, Resolve(snap, Options{LastAccepted: last})); again != got {
+			t.Fatalf("Resolve is not deterministic:\n%s", cmp.Diff(got, again))
+		}
+		if rev := mustYAML(t, Resolve(reversed(snap), Options{LastAccepted: rev(last)})); rev != got {
+			t.Fatalf("Resolve depends on input order:\n%s", cmp.Diff(got, rev))
+		}
+		if len(m.Statuses) != len(snap.Policies) {
+			t.Fatalf("%d statuses for %d policies", len(m.Statuses), len(snap.Policies))
+		}
+		for _, st := range m.Statuses {
+			if len(st.Ancestors) == 0 {
+				t.Fatalf("%s: no ancestors", st.Key)
+			}
+			for _, a := range st.Ancestors {
+				if len(a.Conditions) != 1 {
+					t.Fatalf("%s: %d conditions", st.Key, len(a.Conditions))
+				}
+				c := a.Conditions[0]
+				if c.Type != fjordv1a1.ConditionAccepted || !slices.Contains(reasons, c.Reason) || c.ObservedGeneration != st.Generation ||
+					(c.Status == metav1.ConditionTrue) != (c.Reason == fjordv1a1.ReasonAccepted) || c.Message == "" {
+					t.Fatalf("%s: malformed condition %+v", st.Key, c)
+				}
+			}
+		}
+		for _, p := range m.Accepted {
+			if err := Validate(&p.Spec); err != nil {
+				t.Fatalf("%s is in Accepted but invalid: %v", p.Key, err)
+			}
+		}
+		for _, s := range m.Services {
+			for _, p := range s.Ports {
+				spec := p.Policy
+				if len(spec.TargetRefs) != 0 {
+					t.Fatalf("%s port %s: effective policy has targetRefs", s.Key, p.Name)
+				}
+				err := Validate(&spec)
+				if err == nil {
+					continue
+				}
+				for _, line := range strings.Split(err.Error(), "\n") {
+					// Levels may each set one of the ejection times; proxies
+					// take the larger as the cap, so the merge keeps both.
+					if strings.HasPrefix(line, "spec: must set at least one") || strings.HasPrefix(line, "spec.outlierDetection.maxEjectionTime: must not be shorter") {
+						continue
+					}
+					t.Fatalf("%s port %s: effective policy invalid: %s", s.Key, p.Name, line)
+				}
+			}
+		}
+	})
+}
+
+// scribble overwrites every string, integer and bool reachable from v and
+// returns how many it changed.
+func scribble(v reflect.Value) int {
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if v.IsNil() {
+			return 0
+		}
+		return scribble(v.Elem())
+	case reflect.Struct:
+		if v.Type() == reflect.TypeFor[time.Time]() {
+			return 0
+		}
+		n := 0
+		for i := range v.NumField() {
+			if v.Type().Field(i).IsExported() {
+				n += scribble(v.Field(i))
+			}
+		}
+		return n
+	case reflect.Slice, reflect.Array:
+		n := 0
+		for i := range v.Len() {
+			n += scribble(v.Index(i))
+		}
+		return n
+	case reflect.String:
+		v.SetString(v.String() + "!")
+		return 1
+	case reflect.Int, reflect.Int32, reflect.Int64:
+		v.SetInt(v.Int() + 1)
+		return 1
+	case reflect.Bool:
+		v.SetBool(!v.Bool())
+		return 1
+	}
+	return 0
+}
+
+func mustYAML(t testing.TB, v any) string {
+	t.Helper()
+	b, err := yaml.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func loadCase(t testing.TB, name string) (*model.Snapshot, []model.Policy) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", name+".in.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, last, err := decodeObjects(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap, last
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// BenchmarkResolve resolves a mesh of the size the scale work targets:
+// 1,000 Services with two ports and 10 endpoints each, a mesh default, a
+// default in each of 10 namespaces, and 200 Service and 200 port policies.
+func BenchmarkResolve(b *testing.B) {
+	snap := bigSnapshot(1000, 10)
+	b.ReportAllocs()
+	for b.Loop() {
+		Resolve(snap, Options{})
+	}
+}
+
+func bigSnapshot(services, endpoints int) *model.Snapshot {
+	snap := &model.Snapshot{}
+	created := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	spec := fjordv1a1.ResiliencePolicySpec{
+		OutlierDetection: &fjordv1a1.OutlierDetection{
+			Interval:          ptr[fjordv1a1.Duration]("1s"),
+			FailurePercentage: &fjordv1a1.FailurePercentage{Threshold: ptr[int32](60)},
+		},
+		Retry: &fjordv1a1.Retry{Attempts: ptr[int32](2), Backoff: &fjordv1a1.Backoff{BaseInterval: ptr[fjordv1a1.Duration]("25ms")}},
+	}
+	addPolicy := func(ns, name string, refs ...fjordv1a1.TargetRef) {
+		s := *spec.DeepCopy()
+		s.TargetRefs = refs
+		snap.Policies = append(snap.Policies, model.Policy{Key: model.Key{Namespace: ns, Name: name}, Generation: 1, CreationTimestamp: created, Spec: s})
+	}
+	addPolicy(DefaultMeshNamespace, "mesh-default")
+	for i := range services {
+		ns := fmt.Sprintf("ns-%d", i%10)
+		name := fmt.Sprintf("svc-%d", i)
+		key := model.Key{Namespace: ns, Name: name}
+		snap.Services = append(snap.Services, model.Service{Key: key, Ports: []model.ServicePort{{Name: "grpc", Port: 8080}, {Name: "http", Port: 8081}}})
+		slice := model.EndpointSlice{Key: model.Key{Namespace: ns, Name: name + "-abc"}, Service: name,
+			Ports: []model.EndpointPort{{Name: "grpc", Port: 9080}, {Name: "http", Port: 9081}}}
+		for e := range endpoints {
+			slice.Endpoints = append(slice.Endpoints, model.Endpoint{Address: fmt.Sprintf("10.%d.%d.%d", i/250, i%250, e+1), Ready: true})
+		}
+		snap.EndpointSlices = append(snap.EndpointSlices, slice)
+		switch i % 5 {
+		case 0:
+			addPolicy(ns, name, fjordv1a1.TargetRef{Kind: "Service", Name: name})
+		case 1:
+			addPolicy(ns, name, fjordv1a1.TargetRef{Kind: "Service", Name: name, SectionName: ptr("grpc")})
+		}
+		if i < 10 {
+			addPolicy(ns, "default")
+		}
+	}
+	snap.Sort()
+	return snap
+}
