@@ -1,0 +1,348 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
+	"github.com/fjordmesh/fjord/policy"
+	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
+	"github.com/fjordmesh/fjord/store"
+	"github.com/fjordmesh/fjord/watcher"
+	"github.com/fjordmesh/fjord/watcher/model"
+	"github.com/fjordmesh/fjord/xds/cache"
+	"github.com/fjordmesh/fjord/xds/node"
+	"github.com/fjordmesh/fjord/xds/server"
+	"github.com/fjordmesh/fjord/xds/translate"
+)
+
+// DefaultShutdownGrace bounds how long a shutdown waits for the servers.
+const DefaultShutdownGrace = 5 * time.Second
+
+// Config is everything Run needs.
+type Config struct {
+	// ConfigDir is the directory of Kubernetes YAML served in standalone
+	// mode. Ignored when Source is set.
+	ConfigDir string
+	// Source replaces the directory source (Kubernetes mode).
+	Source watcher.Source
+	// DataDir holds fjord.db.
+	DataDir string
+	// XDSAddress and MonitoringAddress are host:port to listen on; port 0
+	// picks a free port (see XDSAddr, MonitoringAddr).
+	XDSAddress        string
+	MonitoringAddress string
+	// MeshNamespace is the control plane's namespace, where policies without
+	// targetRefs are mesh-wide defaults. Default policy.DefaultMeshNamespace.
+	MeshNamespace string
+	// HoldOff and MaxDelay tune the coalescing of config changes; zero
+	// means watcher.DefaultHoldOff and watcher.DefaultMaxDelay.
+	HoldOff, MaxDelay time.Duration
+	// ShutdownGrace bounds the wait for servers to stop. Default
+	// DefaultShutdownGrace.
+	ShutdownGrace time.Duration
+	// Log defaults to slog.Default().
+	Log *slog.Logger
+}
+
+// ControlPlane is a running pipeline with its servers' listeners bound.
+type ControlPlane struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *store.Store
+	cache   *cache.Cache
+	xds     *server.Server
+	reg     *prometheus.Registry
+	metrics *metrics
+	source  watcher.Source
+	xdsLis  net.Listener
+	monLis  net.Listener
+
+	// ready turns true when a complete build has reached the cache.
+	ready atomic.Bool
+
+	// Build state, touched only by builds (one at a time: the source
+	// publishes from one goroutine, and the startup build runs before it).
+	lastAccepted []model.Policy
+	logged       map[string]string // status key -> last logged status
+
+	mu       sync.Mutex // guards snapshot and mesh, read by the debug handlers
+	snapshot *model.Snapshot
+	mesh     *policy.Mesh
+}
+
+// Run serves until ctx ends, then stops everything and returns nil, or
+// returns an error if it cannot start or a server or the source fails.
+func Run(ctx context.Context, cfg Config) error {
+	cp, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	return cp.Run(ctx)
+}
+
+// New opens the data directory, serves the config persisted there (if any)
+// from the cache at once, and binds the listeners. Call Run to serve.
+func New(cfg Config) (_ *ControlPlane, err error) {
+	if cfg.Source == nil && cfg.ConfigDir == "" {
+		return nil, errors.New("no config source: set a config directory")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("no data directory")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.MeshNamespace == "" {
+		cfg.MeshNamespace = policy.DefaultMeshNamespace
+	}
+	if cfg.ShutdownGrace <= 0 {
+		cfg.ShutdownGrace = DefaultShutdownGrace
+	}
+	cp := &ControlPlane{cfg: cfg, log: cfg.Log, logged: map[string]string{}}
+	defer func() {
+		if err != nil {
+			cp.closeListeners()
+			if cp.store != nil {
+				cp.store.Close()
+			}
+		}
+	}()
+
+	if cp.store, err = store.Open(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	cp.reg = prometheus.NewRegistry()
+	cp.metrics = newMetrics(cp.reg)
+	cp.cache = cache.New(cfg.Log.With("component", "xds-cache"))
+	cp.xds = server.New(cp.cache, cp.reg, cfg.Log.With("component", "xds-server"))
+	cp.source = cfg.Source
+	if cp.source == nil {
+		cp.source = &watcher.FileSource{
+			Dir:     cfg.ConfigDir,
+			HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay,
+			Log:     cfg.Log.With("component", "file-source"),
+			OnError: func(error) { cp.metrics.configErrors.Inc() },
+			Memory:  cp.store,
+		}
+	}
+	if err := cp.servePersisted(); err != nil {
+		return nil, err
+	}
+	if cp.xdsLis, err = net.Listen("tcp", cfg.XDSAddress); err != nil {
+		return nil, fmt.Errorf("xds address: %w", err)
+	}
+	if cp.monLis, err = net.Listen("tcp", cfg.MonitoringAddress); err != nil {
+		return nil, fmt.Errorf("monitoring address: %w", err)
+	}
+	cp.log.Info("xds server listening", "addr", cp.xdsLis.Addr().String())
+	cp.log.Info("monitoring server listening", "addr", cp.monLis.Addr().String())
+	return cp, nil
+}
+
+// XDSAddr is the bound xDS address.
+func (cp *ControlPlane) XDSAddr() net.Addr { return cp.xdsLis.Addr() }
+
+// MonitoringAddr is the bound monitoring address.
+func (cp *ControlPlane) MonitoringAddr() net.Addr { return cp.monLis.Addr() }
+
+// servePersisted builds the config the last run served, so proxies get it
+// before the source has loaded anything (or when it cannot).
+func (cp *ControlPlane) servePersisted() error {
+	accepted, err := cp.store.LoadAccepted()
+	if err != nil {
+		return err
+	}
+	cp.lastAccepted = accepted
+	snap, ok, err := cp.store.LoadConfig()
+	if err != nil {
+		return err
+	}
+	if !ok {
+		cp.log.Info("no persisted config; waiting for the config source")
+		return nil
+	}
+	cp.log.Info("serving the persisted config until the config source has loaded",
+		"services", len(snap.Services), "policies", len(snap.Policies))
+	cp.build(snap, false)
+	return nil
+}
+
+// Run serves xDS and monitoring and feeds the source's snapshots through the
+// pipeline until ctx ends or something fails; either way it stops the
+// servers and the source and closes the store before returning.
+func (cp *ControlPlane) Run(ctx context.Context) error {
+	defer cp.store.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	g := grpc.NewServer(server.GRPCOptions()...)
+	cp.xds.Register(g)
+	mon := &http.Server{Handler: cp.monitoringHandler(), ReadHeaderTimeout: 10 * time.Second}
+
+	errs := make(chan error, 3)
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		if err := g.Serve(cp.xdsLis); err != nil {
+			errs <- fmt.Errorf("xds server: %w", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := mon.Serve(cp.monLis); !errors.Is(err, http.ErrServerClosed) {
+			errs <- fmt.Errorf("monitoring server: %w", err)
+		}
+	}()
+	sourceDone := make(chan struct{})
+	go func() {
+		defer wg.Done()
+		defer close(sourceDone)
+		if err := cp.source.Run(ctx, func(s *model.Snapshot) { cp.build(s, true) }); err != nil {
+			errs <- fmt.Errorf("config source: %w", err)
+		}
+	}()
+
+	var err error
+	select {
+	case <-ctx.Done():
+		cp.log.Info("shutting down")
+	case err = <-errs:
+		cp.log.Error("stopping", "error", err)
+	}
+	cancel()
+	<-sourceDone // no build after this point
+	cp.shutdown(g, mon)
+	wg.Wait()
+	return err
+}
+
+// shutdown stops both servers within the grace period. xDS streams never
+// end by themselves, so they are closed first; GracefulStop then only waits
+// for unary calls in flight.
+func (cp *ControlPlane) shutdown(g *grpc.Server, mon *http.Server) {
+	grace := cp.cfg.ShutdownGrace
+	cp.xds.Close()
+	stopped := make(chan struct{})
+	go func() {
+		g.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(grace):
+		cp.log.Warn("xds server did not stop in time; closing its connections", "grace", grace)
+		g.Stop()
+		<-stopped
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := mon.Shutdown(ctx); err != nil {
+		cp.log.Warn("monitoring server did not stop in time; closing it", "error", err)
+		mon.Close()
+	}
+}
+
+func (cp *ControlPlane) closeListeners() {
+	for _, l := range []net.Listener{cp.xdsLis, cp.monLis} {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
+// build runs one snapshot through resolution and translation into the
+// cache. If the cache refuses the resources (a system fault: translation
+// produced something invalid), the error is logged and counted, and what
+// was served before stays served; persist is false for the startup build of
+// the persisted config, which is already stored.
+func (cp *ControlPlane) build(snap *model.Snapshot, persist bool) {
+	start := time.Now()
+	mesh := policy.Resolve(snap, policy.Options{MeshNamespace: cp.cfg.MeshNamespace, LastAccepted: cp.lastAccepted})
+	cp.logStatuses(mesh.Statuses)
+	var changed, removed int
+	for _, kind := range node.Kinds {
+		stats, err := cp.cache.Update(kind, translate.Translate(mesh, kind))
+		if err != nil {
+			// Kinds updated before this one keep the new config: each kind's
+			// cache is consistent on its own.
+			cp.metrics.builds.WithLabelValues("error").Inc()
+			cp.log.Error("build refused by the xds cache; the last good config stays served",
+				"kind", kind, "error", err)
+			return
+		}
+		changed, removed = changed+stats.Changed, removed+stats.Removed
+	}
+	elapsed := time.Since(start)
+	cp.metrics.buildSeconds.Observe(elapsed.Seconds())
+	cp.metrics.builds.WithLabelValues("success").Inc()
+	cp.lastAccepted = mesh.Accepted
+	cp.mu.Lock()
+	cp.snapshot, cp.mesh = snap, mesh
+	cp.mu.Unlock()
+	if !cp.ready.Swap(true) {
+		cp.log.Info("ready: the first complete config is in the xds cache")
+	}
+	cp.log.Info("config built", "services", len(snap.Services), "endpointSlices", len(snap.EndpointSlices),
+		"policies", len(snap.Policies), "changed", changed, "removed", removed, "duration", elapsed)
+	if !persist {
+		return
+	}
+	if err := cp.store.SaveConfig(snap); err != nil {
+		cp.log.Error("cannot persist the config; a restart would serve an older one", "error", err)
+	}
+	if err := cp.store.SaveAccepted(mesh.Accepted); err != nil {
+		cp.log.Error("cannot persist the accepted policies", "error", err)
+	}
+}
+
+// logStatuses logs every policy condition that is not Accepted, once per
+// change: standalone mode has no API server to write status to, so the log
+// (and /debug/status) is where users see it.
+func (cp *ControlPlane) logStatuses(statuses []policy.Status) {
+	seen := map[string]string{}
+	for _, st := range statuses {
+		for _, a := range st.Ancestors {
+			for _, c := range a.Conditions {
+				if c.Type != fjordv1a1.ConditionAccepted || c.Reason == fjordv1a1.ReasonAccepted {
+					continue
+				}
+				target := a.AncestorRef.Kind + " " + a.AncestorRef.Namespace + "/" + a.AncestorRef.Name
+				if a.AncestorRef.Namespace == "" {
+					target = a.AncestorRef.Kind + " " + a.AncestorRef.Name
+				}
+				if a.AncestorRef.SectionName != nil {
+					target += " port " + *a.AncestorRef.SectionName
+				}
+				key := st.Key.String() + " " + target
+				val := fmt.Sprintf("%d %s %s", st.Generation, c.Reason, c.Message)
+				seen[key] = val
+				if cp.logged[key] == val {
+					continue
+				}
+				cp.log.Warn("policy not accepted", "policy", st.Key.String(), "generation", st.Generation,
+					"target", target, "reason", c.Reason, "message", c.Message)
+			}
+		}
+	}
+	cp.logged = seen
+}
+
+// state returns the last built snapshot and mesh, nil before the first.
+func (cp *ControlPlane) state() (*model.Snapshot, *policy.Mesh) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	return cp.snapshot, cp.mesh
+}
+
+var _ watcher.FileMemory = (*store.Store)(nil)
