@@ -1,0 +1,94 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// lockedBuffer is written by the control plane's goroutines and read by
+// the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestFlagErrors(t *testing.T) {
+	tests := map[string]struct {
+		args []string
+		want string
+	}{
+		"no config dir":  {[]string{"--data-dir", "d"}, "--config-dir is required"},
+		"no data dir":    {[]string{"--config-dir", "c"}, "--data-dir is required"},
+		"bad log level":  {[]string{"--config-dir", "c", "--data-dir", "d", "--log-level", "loud"}, "log-level"},
+		"unknown flag":   {[]string{"--kubeconfig", "k"}, "flag provided but not defined: -kubeconfig"},
+		"stray argument": {[]string{"--config-dir", "c", "--data-dir", "d", "extra"}, `unexpected arguments ["extra"]`},
+		"debounce above max delay": {[]string{"--config-dir", "c", "--data-dir", "d", "--debounce", "2s", "--max-delay", "1s"},
+			"--debounce (2s) <= --max-delay (1s)"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			if code := run(context.Background(), tc.args, &stderr); code != 2 {
+				t.Errorf("exit code %d, want 2", code)
+			}
+			if !strings.Contains(stderr.String(), tc.want) {
+				t.Errorf("stderr does not say %q:\n%s", tc.want, stderr.String())
+			}
+		})
+	}
+}
+
+func TestMissingConfigDirFails(t *testing.T) {
+	var stderr bytes.Buffer
+	missing := filepath.Join(t.TempDir(), "nope")
+	code := run(context.Background(), []string{"--config-dir", missing, "--data-dir", t.TempDir(),
+		"--xds-address", "127.0.0.1:0", "--monitoring-address", "127.0.0.1:0"}, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), missing) {
+		t.Fatalf("exit code %d, stderr:\n%s\nwant 1 and the missing directory named", code, stderr.String())
+	}
+}
+
+func TestRunsUntilCancelled(t *testing.T) {
+	var stderr lockedBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--config-dir", filepath.Join("..", "..", "examples", "config"), "--data-dir", t.TempDir(),
+			"--xds-address", "127.0.0.1:0", "--monitoring-address", "127.0.0.1:0", "--log-level", "debug"}, &stderr)
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(stderr.String(), "config built") {
+		if time.Now().After(deadline) {
+			cancel()
+			<-done
+			t.Fatalf("no build logged:\n%s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit code %d after cancel, want 0:\n%s", code, stderr.String())
+	}
+	for _, want := range []string{`msg="xds server listening" addr=127.0.0.1:`, `msg="monitoring server listening" addr=127.0.0.1:`, "msg=stopped"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}
