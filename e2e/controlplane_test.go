@@ -34,8 +34,9 @@ type controlPlane struct {
 }
 
 // newControlPlane prepares directories and loopback addresses; start runs
-// the process. The process is killed by PID when the test ends, whatever
-// happens.
+// the process. The process is stopped by PID when the test ends, whatever
+// happens; its output is logged if the test failed, or always with
+// E2E_CP_LOG=1.
 func newControlPlane(t *testing.T) *controlPlane {
 	t.Helper()
 	cp := &controlPlane{
@@ -52,7 +53,7 @@ func newControlPlane(t *testing.T) *controlPlane {
 	}
 	t.Cleanup(func() {
 		cp.stop()
-		if t.Failed() {
+		if t.Failed() || os.Getenv("E2E_CP_LOG") != "" {
 			t.Logf("fjord-cp output:\n%s", cp.output())
 		}
 	})

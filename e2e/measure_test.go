@@ -39,6 +39,6 @@ func printMeasurements(w io.Writer) {
 	}
 	fmt.Fprintln(w, "e2e measurements (change written -> client behaviour changed):")
 	for _, m := range measurements {
-		fmt.Fprintf(w, "  %-10v %-55s %s\n", m.took.Round(time.Millisecond), m.what, m.test)
+		fmt.Fprintf(w, "  %-8v %-72s %s\n", m.took.Round(time.Millisecond), m.what, m.test)
 	}
 }
