@@ -242,7 +242,6 @@ func (r *resolver) resolveServices(in *model.Snapshot) []Service {
 			if m == nil {
 				m = &merged{}
 				m.spec, m.sources = merge(layers)
-				fillDefaults(&m.spec)
 				cache[id] = m
 			}
 			svc.Ports = append(svc.Ports, Port{
@@ -290,19 +289,6 @@ func (r *resolver) layers(svc model.Key, port string) []layer {
 		add(target{level: LevelPort, ns: svc.Namespace, svc: svc.Name, port: port}, LevelPort)
 	}
 	return out
-}
-
-// defaultRetryOn is what a policy with retries but no conditions retries
-// on. Proxyless gRPC keeps the gRPC conditions among them.
-var defaultRetryOn = []fjordv1a1.RetryOn{"connect-failure", "refused-stream", "unavailable", "cancelled", "resource-exhausted"}
-
-// fillDefaults makes implicit behaviour explicit in the effective policy,
-// so that translators for every proxy kind agree on it. Filled fields have
-// no FieldSource: no policy wrote them.
-func fillDefaults(spec *fjordv1a1.ResiliencePolicySpec) {
-	if r := spec.Retry; r != nil && r.Attempts != nil && *r.Attempts > 0 && len(r.RetryOn) == 0 {
-		r.RetryOn = slices.Clone(defaultRetryOn)
-	}
 }
 
 // status computes one policy's status: one ancestor per target as written

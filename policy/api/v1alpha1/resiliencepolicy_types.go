@@ -283,11 +283,11 @@ type Retry struct {
 	// each try bounded only by timeout.request. Envoy only.
 	// +optional
 	PerTryTimeout *Duration `json:"perTryTimeout,omitempty"`
-	// RetryOn lists the conditions that cause a retry. Default, when
-	// attempts is above 0: connect-failure, refused-stream, unavailable,
-	// cancelled, resource-exhausted. Proxyless gRPC honours only the gRPC
-	// conditions (cancelled, deadline-exceeded, internal, resource-exhausted,
-	// unavailable) and ignores the others.
+	// RetryOn lists the conditions that cause a retry. Default:
+	// connect-failure, refused-stream, unavailable, cancelled,
+	// resource-exhausted (Envoy); unavailable (gRPC). Proxyless gRPC honours
+	// only the gRPC conditions (cancelled, deadline-exceeded, internal,
+	// resource-exhausted, unavailable) and ignores the others.
 	// +optional
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=16
