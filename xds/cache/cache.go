@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -92,16 +93,18 @@ type typeSnapshot struct {
 	byName  map[string]*entry
 	sorted  []*entry     // by name
 	version string       // hash over all (name, version) pairs
+	gen     string       // unique per snapshot of the cache, see deltaRespond
 	anys    []*anypb.Any // sorted's payloads, shared by wildcard responses
 }
 
-var emptySnapshot = newTypeSnapshot(nil)
+var emptySnapshot = newTypeSnapshot(nil, "0")
 
-func newTypeSnapshot(sorted []*entry) *typeSnapshot {
+func newTypeSnapshot(sorted []*entry, gen string) *typeSnapshot {
 	ts := &typeSnapshot{
 		byName:  make(map[string]*entry, len(sorted)),
 		sorted:  sorted,
 		version: setVersion(sorted),
+		gen:     gen,
 		anys:    make([]*anypb.Any, len(sorted)),
 	}
 	for i, e := range sorted {
@@ -127,8 +130,9 @@ type Cache struct {
 	log *slog.Logger
 
 	// updateMu serialises Update, so the previous snapshot it diffs against
-	// cannot change underneath it while mu is not held.
+	// cannot change underneath it while mu is not held. It also guards gen.
 	updateMu sync.Mutex
+	gen      uint64
 
 	mu    sync.Mutex
 	kinds map[node.Kind]*kindState
@@ -205,7 +209,10 @@ func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
 		stats   Stats
 	)
 	for t := range numTypes {
-		next[t], changed[t] = diff(t, prev[t], in[t], &stats)
+		next[t], changed[t] = diff(t, prev[t], in[t], &stats, func() string {
+			c.gen++
+			return strconv.FormatUint(c.gen, 10)
+		})
 	}
 
 	c.mu.Lock()
@@ -214,14 +221,18 @@ func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
 	ks.types = next
 	var fired []pending
 	for t := range numTypes {
-		if !first && len(changed[t]) == 0 {
+		scope := changed[t]
+		if first {
+			// Watches held before the first build have never been checked.
+			scope = nil
+		} else if len(scope) == 0 {
 			continue
 		}
 		for w := range ks.watches[t] {
-			if !first && !w.interested(changed[t]) {
+			if scope != nil && !w.interested(scope) {
 				continue
 			}
-			if p, ok := w.respond(next[t]); ok {
+			if p, ok := w.respond(next[t], scope); ok {
 				delete(ks.watches[t], w)
 				fired = append(fired, p)
 			}
@@ -278,7 +289,7 @@ func prepare[M validated](t typ, list []M, name func(M) string) ([]marshalled, e
 // diff builds the next snapshot of one type, reusing the previous entry of
 // every resource whose version is unchanged, and reports the names added,
 // modified or removed. With no change it returns prev itself.
-func diff(t typ, prev *typeSnapshot, in []marshalled, stats *Stats) (*typeSnapshot, map[string]struct{}) {
+func diff(t typ, prev *typeSnapshot, in []marshalled, stats *Stats, gen func() string) (*typeSnapshot, map[string]struct{}) {
 	changed := map[string]struct{}{}
 	sorted := make([]*entry, 0, len(in))
 	for _, m := range in {
@@ -310,7 +321,7 @@ func diff(t typ, prev *typeSnapshot, in []marshalled, stats *Stats) (*typeSnapsh
 		return prev, nil
 	}
 	slices.SortFunc(sorted, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
-	return newTypeSnapshot(sorted), changed
+	return newTypeSnapshot(sorted, gen()), changed
 }
 
 // contentVersion is a short hash of a resource's bytes: equal content, equal

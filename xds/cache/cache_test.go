@@ -498,3 +498,25 @@ func newDeltaSub(i int) stream.Subscription {
 	}
 	return stream.NewDeltaSubscription([]string{"a"}, nil, nil, false)
 }
+
+// A change that lands between a response and its ACK is sent when the ACK
+// comes, even though the ACK changes nothing about the subscription.
+func TestDeltaChangeBeforeACKIsSent(t *testing.T) {
+	c := newCache(t, services(abc))
+	eds := newDeltaClient(t, c, node.GRPC, resourcev3.EndpointType, false)
+	eds.request([]string{"a", "b"}, nil, nil, "")
+	eds.receive()
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.7", "b": "10.0.0.2", "c": "10.0.0.3"}))
+	eds.ack()
+	out := eds.receive()
+	if diff := cmp.Diff([]string{"a"}, deltaNames(out)); diff != "" {
+		t.Errorf("after the ACK (-want +got):\n%s", diff)
+	}
+	// And an ACK with nothing new gets nothing.
+	eds.ack()
+	eds.none()
+	// A change elsewhere before the next ACK does not confuse it either.
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.7", "b": "10.0.0.2", "c": "10.0.0.33"}))
+	eds.ack()
+	eds.none()
+}

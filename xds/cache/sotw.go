@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -127,8 +128,13 @@ func sameVersions(known map[string]string, entries []*entry) bool {
 // proxy. The DiscoveryResponse itself is per stream, because the server
 // writes the nonce into it.
 type sotwResponse struct {
-	req      *discoveryv3.DiscoveryRequest
-	out      *discoveryv3.DiscoveryResponse
+	req *discoveryv3.DiscoveryRequest
+	out *discoveryv3.DiscoveryResponse
+
+	// entries makes the ReturnedResources map, built on the stream's
+	// goroutine when the server asks for it rather than under the cache lock.
+	entries  []*entry
+	once     sync.Once
 	returned map[string]string
 }
 
@@ -145,12 +151,6 @@ func newSotwResponse(req *cachev3.Request, ts *typeSnapshot, entries []*entry, v
 			payloads[i] = e.any
 		}
 	}
-	// The server deletes from this map when the subscription shrinks, so
-	// every response gets its own.
-	returned := make(map[string]string, len(entries))
-	for _, e := range entries {
-		returned[e.name] = e.version
-	}
 	return &sotwResponse{
 		req: req,
 		out: &discoveryv3.DiscoveryResponse{
@@ -158,7 +158,7 @@ func newSotwResponse(req *cachev3.Request, ts *typeSnapshot, entries []*entry, v
 			Resources:   payloads,
 			TypeUrl:     req.GetTypeUrl(),
 		},
-		returned: returned,
+		entries: entries,
 	}
 }
 
@@ -177,6 +177,16 @@ func (r *sotwResponse) GetResponseVersion() string { return r.out.GetVersionInfo
 
 // GetReturnedResources maps each resource in the response to its own
 // content version; the next request's subscription hands it back.
-func (r *sotwResponse) GetReturnedResources() map[string]string { return r.returned }
+func (r *sotwResponse) GetReturnedResources() map[string]string {
+	r.once.Do(func() {
+		// The server deletes from this map when the subscription shrinks,
+		// so every response gets its own.
+		r.returned = make(map[string]string, len(r.entries))
+		for _, e := range r.entries {
+			r.returned[e.name] = e.version
+		}
+	})
+	return r.returned
+}
 
 func (r *sotwResponse) GetContext() context.Context { return context.Background() }

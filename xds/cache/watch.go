@@ -53,12 +53,13 @@ func (w *watch) interested(changed map[string]struct{}) bool {
 
 // respond builds the watch's response from a snapshot, or reports that the
 // client already holds (or has rejected) exactly what it would receive.
-func (w *watch) respond(ts *typeSnapshot) (pending, bool) {
+// changed, if not nil, is what the Update that woke the watch changed.
+func (w *watch) respond(ts *typeSnapshot, changed map[string]struct{}) (pending, bool) {
 	if w.sotwReq != nil {
 		r := sotwRespond(ts, w.sotwReq, w.sub)
 		return pending{w: w, sotw: r}, r != nil
 	}
-	r := deltaRespond(ts, w.deltaReq, w.sub)
+	r := deltaRespond(ts, w.deltaReq, w.sub, changed)
 	return pending{w: w, delta: r}, r != nil
 }
 
@@ -90,7 +91,7 @@ func (p pending) deliver() {
 // the returned pending, if any, must be delivered after releasing it.
 func (c *Cache) watchLocked(ks *kindState, w *watch) (func(), *pending) {
 	if ks.ready {
-		if p, ok := w.respond(ks.types[w.t]); ok {
+		if p, ok := w.respond(ks.types[w.t], nil); ok {
 			return func() {}, &p
 		}
 	}
