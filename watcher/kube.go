@@ -1,0 +1,444 @@
+package watcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"reflect"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
+	"github.com/fjordmesh/fjord/watcher/model"
+)
+
+// What the Kubernetes source reads. `make rbac` turns these markers into
+// manifests/rbac; the envtest suite runs the source under exactly that role.
+//
+// +kubebuilder:rbac:groups="",resources=services;pods;namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
+// +kubebuilder:rbac:groups=fjord.dev,resources=resiliencepolicies,verbs=get;list;watch
+
+// DefaultNamespaceSelector selects every namespace but kube-system, whose
+// Services are the cluster's own plumbing rather than meshed workloads. It
+// relies on the kubernetes.io/metadata.name label, which the API server sets
+// on every namespace; a selector of just "kubernetes.io/metadata.name"
+// therefore selects all of them.
+const DefaultNamespaceSelector = corev1.LabelMetadataName + "!=kube-system"
+
+// KubeOptions configures a KubeSource. Zero values take the defaults.
+type KubeOptions struct {
+	// NamespaceSelector is a label selector over namespaces (the
+	// --namespace-selector flag): only the Services, EndpointSlices, Pods
+	// and ResiliencePolicies of matching namespaces reach the model. Empty
+	// means DefaultNamespaceSelector.
+	NamespaceSelector string
+	// MeshNamespace is the control plane's own namespace. Its
+	// ResiliencePolicies are read whatever NamespaceSelector says, because
+	// the mesh-wide defaults live there; its Services are not.
+	MeshNamespace string
+	// HoldOff and MaxDelay tune the coalescing of events; zero means the
+	// defaults (DefaultHoldOff, DefaultMaxDelay).
+	HoldOff, MaxDelay time.Duration
+	// Log defaults to slog.Default().
+	Log *slog.Logger
+}
+
+// KubeSource is the Kubernetes-mode Source. It runs a controller-runtime
+// manager whose informer caches hold Services, EndpointSlices, Pods,
+// Namespaces and ResiliencePolicies; every event triggers the coalescer,
+// and every build lists the caches into a fresh model snapshot. Nothing is
+// published before all caches have synced, so the proxies never see the
+// partial view of a control plane that is still starting, and a build
+// that changes nothing publishes nothing.
+//
+// Pods are read only to name the workload and service account behind each
+// endpoint; the cache keeps a reduced copy of each pod (owner, labels,
+// service account) so that a large cluster does not cost its full pod specs
+// in memory.
+//
+// Every replica runs a KubeSource: each serves xDS from its own caches.
+// The StatusWriter shares the source's caches, and writes only on the
+// leader.
+type KubeSource struct {
+	mgr               manager.Manager
+	selector          labels.Selector
+	meshNS            string
+	holdOff, maxDelay time.Duration
+	log               *slog.Logger
+	ran               atomic.Bool
+}
+
+// NewKubeSource connects to the API server described by cfg. It fails on an
+// unparsable namespace selector; a missing CRD or missing permissions show
+// up when Run starts watching.
+func NewKubeSource(cfg *rest.Config, o KubeOptions) (*KubeSource, error) {
+	log := o.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	if o.NamespaceSelector == "" {
+		o.NamespaceSelector = DefaultNamespaceSelector
+	}
+	sel, err := labels.Parse(o.NamespaceSelector)
+	if err != nil {
+		return nil, fmt.Errorf("namespace selector %q: %w", o.NamespaceSelector, err)
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("kubernetes scheme: %w", err)
+	}
+	if err := fjordv1a1.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("%s scheme: %w", fjordv1a1.GroupVersion, err)
+	}
+	mgr, err := manager.New(cfg, manager.Options{
+		Scheme: scheme,
+		Logger: logr.FromSlogHandler(log.Handler()),
+		// The control plane serves its own metrics and health endpoints.
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Cache: cache.Options{
+			// A read of a kind that is not watched is a bug here, not a
+			// reason to start a cluster-wide informer behind our back.
+			ReaderFailOnMissingInformer: true,
+			DefaultTransform:            cache.TransformStripManagedFields(),
+			DefaultWatchErrorHandler:    watchErrorLogger(log),
+			ByObject: map[client.Object]cache.ByObject{
+				&corev1.Pod{}: {Transform: reducePod},
+			},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("controller-runtime manager for %s: %w", cfg.Host, err)
+	}
+	return &KubeSource{
+		mgr: mgr, selector: sel, meshNS: o.MeshNamespace,
+		holdOff: o.HoldOff, maxDelay: o.MaxDelay, log: log,
+	}, nil
+}
+
+// Client reads from the source's caches and writes to the API server.
+func (s *KubeSource) Client() client.Client { return s.mgr.GetClient() }
+
+// APIReader reads from the API server directly, bypassing the caches.
+func (s *KubeSource) APIReader() client.Reader { return s.mgr.GetAPIReader() }
+
+// watched are the kinds the caches hold.
+func watched() []client.Object {
+	return []client.Object{
+		&corev1.Namespace{}, &corev1.Service{}, &corev1.Pod{},
+		&discoveryv1.EndpointSlice{}, &fjordv1a1.ResiliencePolicy{},
+	}
+}
+
+// Run implements Source. It may be called once. It returns an error at once
+// when a kind cannot be watched (the ResiliencePolicy CRD is not
+// installed, say); until the caches have synced (for instance while RBAC
+// forbids a list) it publishes nothing and logs the watch errors.
+func (s *KubeSource) Run(ctx context.Context, publish func(*model.Snapshot)) error {
+	if !s.ran.CompareAndSwap(false, true) {
+		return errors.New("kubernetes source: Run called twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	b := &kubeBuild{src: s, ctx: ctx, publish: publish, reported: map[model.Key]string{}}
+	co := NewCoalescer(b.build, CoalesceOptions{HoldOff: s.holdOff, MaxDelay: s.maxDelay})
+	defer co.Stop()
+	for _, obj := range watched() {
+		inf, err := s.mgr.GetCache().GetInformer(ctx, obj)
+		if err != nil {
+			return fmt.Errorf("watching %T: %w", obj, hintCRD(obj, err))
+		}
+		if _, err := inf.AddEventHandler(changeHandler(co.Trigger)); err != nil {
+			return fmt.Errorf("watching %T: %w", obj, err)
+		}
+	}
+
+	done := make(chan error, 1)
+	go func() {
+		done <- s.mgr.Start(ctx)
+		cancel() // a manager that fails also ends the wait for the caches
+	}()
+	s.log.Info("kubernetes source: waiting for the caches to sync", "namespaceSelector", s.selector.String())
+	if s.mgr.GetCache().WaitForCacheSync(ctx) {
+		s.log.Info("kubernetes source: caches synced")
+		co.MarkSynced()
+		<-ctx.Done()
+	}
+	// Stop builds before the caches go away, so nothing is published once
+	// Run has returned.
+	co.Stop()
+	cancel()
+	if err := <-done; err != nil {
+		return fmt.Errorf("kubernetes source: %w", err)
+	}
+	return nil
+}
+
+// hintCRD says what to do when ResiliencePolicies cannot be watched because
+// their CRD is missing.
+func hintCRD(obj client.Object, err error) error {
+	if _, ok := obj.(*fjordv1a1.ResiliencePolicy); ok && meta.IsNoMatchError(err) {
+		return fmt.Errorf("%w (install the CRD from manifests/crd)", err)
+	}
+	return err
+}
+
+// watchErrorLogger reports failing lists and watches (most often missing
+// RBAC) through slog; the informer keeps retrying with backoff.
+func watchErrorLogger(log *slog.Logger) toolscache.WatchErrorHandlerWithContext {
+	return func(_ context.Context, r *toolscache.Reflector, err error) {
+		switch {
+		case errors.Is(err, io.EOF), apierrors.IsResourceExpired(err), apierrors.IsGone(err):
+			log.Debug("kubernetes source: watch restarted", "type", r.TypeDescription(), "err", err)
+		default:
+			log.Warn("kubernetes source: list/watch failed, retrying", "type", r.TypeDescription(), "err", err)
+		}
+	}
+}
+
+// changeHandler triggers a build for every event that can change the model.
+// Resyncs, which redeliver an unchanged object, and updates that touch only
+// what the model ignores (a policy's status, which this control plane writes
+// itself; a pod's status) do not.
+func changeHandler(trigger func()) toolscache.ResourceEventHandler {
+	return toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { trigger() },
+		DeleteFunc: func(any) { trigger() },
+		UpdateFunc: func(oldObj, newObj any) {
+			if relevantUpdate(oldObj, newObj) {
+				trigger()
+			}
+		},
+	}
+}
+
+func relevantUpdate(oldObj, newObj any) bool {
+	o, ok1 := oldObj.(client.Object)
+	n, ok2 := newObj.(client.Object)
+	if !ok1 || !ok2 {
+		return true
+	}
+	if o.GetResourceVersion() == n.GetResourceVersion() {
+		return false
+	}
+	switch n := n.(type) {
+	case *fjordv1a1.ResiliencePolicy:
+		return o.GetGeneration() != n.Generation
+	case *corev1.Pod:
+		return podIdentity(o.(*corev1.Pod)) != podIdentity(n)
+	case *corev1.Service:
+		return !reflect.DeepEqual(ServiceFromK8s(o.(*corev1.Service)), ServiceFromK8s(n))
+	case *corev1.Namespace:
+		return !reflect.DeepEqual(o.GetLabels(), n.Labels)
+	}
+	return true
+}
+
+// reducePod is the pod cache's transform: it keeps what podIdentity reads.
+func reducePod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil // a deletion tombstone
+	}
+	r := &corev1.Pod{
+		TypeMeta: p.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name: p.Name, Namespace: p.Namespace, UID: p.UID,
+			ResourceVersion: p.ResourceVersion, OwnerReferences: p.OwnerReferences,
+		},
+		Spec: corev1.PodSpec{ServiceAccountName: p.Spec.ServiceAccountName},
+	}
+	if h, ok := p.Labels[appsv1.DefaultDeploymentUniqueLabelKey]; ok {
+		r.Labels = map[string]string{appsv1.DefaultDeploymentUniqueLabelKey: h}
+	}
+	return r, nil
+}
+
+// identity is who runs behind an endpoint.
+type identity struct {
+	workload, serviceAccount string
+}
+
+// podIdentity names a pod's workload the way people name it: the
+// Deployment for a pod of a Deployment's ReplicaSet (the ReplicaSet's name
+// minus the pod-template-hash suffix), otherwise the controlling owner
+// (StatefulSet, DaemonSet, Job, ...), and the pod itself when it has none.
+func podIdentity(p *corev1.Pod) identity {
+	id := identity{workload: p.Name, serviceAccount: p.Spec.ServiceAccountName}
+	if ref := metav1.GetControllerOf(p); ref != nil {
+		id.workload = ref.Name
+		if ref.Kind == "ReplicaSet" && strings.HasPrefix(ref.APIVersion, appsv1.GroupName+"/") {
+			if h := p.Labels[appsv1.DefaultDeploymentUniqueLabelKey]; h != "" {
+				if d, ok := strings.CutSuffix(ref.Name, "-"+h); ok && d != "" {
+					id.workload = d
+				}
+			}
+		}
+	}
+	if id.serviceAccount == "" {
+		id.serviceAccount = "default" // what the API server's admission assigns
+	}
+	return id
+}
+
+// kubeBuild is the state of one Run, touched only by builds, which the
+// coalescer serialises.
+type kubeBuild struct {
+	src       *KubeSource
+	ctx       context.Context
+	publish   func(*model.Snapshot)
+	published *model.Snapshot
+	// reported remembers, per EndpointSlice, the resourceVersion whose
+	// conversion error was last logged, so a bad slice is logged once.
+	reported map[model.Key]string
+}
+
+func (b *kubeBuild) build() {
+	snap, err := b.snapshot()
+	if err != nil {
+		if b.ctx.Err() == nil {
+			b.src.log.Error("kubernetes source: reading the caches", "err", err)
+		}
+		return
+	}
+	if b.published != nil && reflect.DeepEqual(snap, b.published) {
+		return
+	}
+	b.published = snap
+	b.publish(snap)
+}
+
+// snapshot lists the caches into a sorted model. Lists skip the deep copy:
+// the converters copy what they keep and nothing here writes to a cached
+// object.
+func (b *kubeBuild) snapshot() (*model.Snapshot, error) {
+	c, ctx, s := b.src.mgr.GetClient(), b.ctx, b.src
+	nocopy := client.UnsafeDisableDeepCopy
+
+	var nss corev1.NamespaceList
+	if err := c.List(ctx, &nss, nocopy); err != nil {
+		return nil, fmt.Errorf("listing namespaces: %w", err)
+	}
+	selected := map[string]bool{}
+	for i := range nss.Items {
+		if s.selector.Matches(labels.Set(nss.Items[i].Labels)) {
+			selected[nss.Items[i].Name] = true
+		}
+	}
+
+	var pods corev1.PodList
+	if err := c.List(ctx, &pods, nocopy); err != nil {
+		return nil, fmt.Errorf("listing pods: %w", err)
+	}
+	ids := map[model.Key]identity{}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if selected[p.Namespace] {
+			ids[model.Key{Namespace: p.Namespace, Name: p.Name}] = podIdentity(p)
+		}
+	}
+
+	snap := &model.Snapshot{
+		Services:       []model.Service{},
+		EndpointSlices: []model.EndpointSlice{},
+		Policies:       []model.Policy{},
+	}
+	var svcs corev1.ServiceList
+	if err := c.List(ctx, &svcs, nocopy); err != nil {
+		return nil, fmt.Errorf("listing services: %w", err)
+	}
+	for i := range svcs.Items {
+		if selected[svcs.Items[i].Namespace] {
+			snap.Services = append(snap.Services, ServiceFromK8s(&svcs.Items[i]))
+		}
+	}
+
+	var slices discoveryv1.EndpointSliceList
+	if err := c.List(ctx, &slices, nocopy); err != nil {
+		return nil, fmt.Errorf("listing endpointslices: %w", err)
+	}
+	seen := map[model.Key]bool{}
+	for i := range slices.Items {
+		es := &slices.Items[i]
+		if !selected[es.Namespace] {
+			continue
+		}
+		m, ok := b.endpointSlice(es, ids)
+		if ok {
+			snap.EndpointSlices = append(snap.EndpointSlices, m)
+		}
+		seen[m.Key] = true
+	}
+	for k := range b.reported {
+		if !seen[k] {
+			delete(b.reported, k)
+		}
+	}
+
+	var rps fjordv1a1.ResiliencePolicyList
+	if err := c.List(ctx, &rps, nocopy); err != nil {
+		return nil, fmt.Errorf("listing resiliencepolicies: %w", err)
+	}
+	for i := range rps.Items {
+		p := &rps.Items[i]
+		if selected[p.Namespace] || (p.Namespace == s.meshNS && s.meshNS != "") {
+			snap.Policies = append(snap.Policies, PolicyFromK8s(p))
+		}
+	}
+	snap.Sort()
+	return snap, nil
+}
+
+// endpointSlice converts one slice and names the pod behind each endpoint.
+// A slice the mesh cannot use (no owning Service label, FQDN addresses) is
+// left out and logged once per version; its Key is always returned.
+func (b *kubeBuild) endpointSlice(es *discoveryv1.EndpointSlice, ids map[model.Key]identity) (model.EndpointSlice, bool) {
+	key := model.Key{Namespace: es.Namespace, Name: es.Name}
+	m, err := EndpointSliceFromK8s(es)
+	if err != nil {
+		if b.reported[key] != es.ResourceVersion {
+			b.reported[key] = es.ResourceVersion
+			b.src.log.Info("kubernetes source: EndpointSlice left out", "endpointSlice", key.String(), "err", err)
+		}
+		return model.EndpointSlice{Key: key}, false
+	}
+	delete(b.reported, key)
+	// The converter keeps one model endpoint per slice endpoint, in order.
+	for i, e := range es.Endpoints {
+		ref := e.TargetRef
+		if ref == nil || ref.Kind != "Pod" {
+			continue
+		}
+		ns := ref.Namespace
+		if ns == "" {
+			ns = es.Namespace
+		}
+		if id, ok := ids[model.Key{Namespace: ns, Name: ref.Name}]; ok {
+			m.Endpoints[i].Workload = id.workload
+			m.Endpoints[i].ServiceAccount = id.serviceAccount
+		}
+	}
+	return m, true
+}
