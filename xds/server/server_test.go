@@ -456,4 +456,18 @@ func TestPerTypeService(t *testing.T) {
 	if out.GetTypeUrl() != resourcev3.ClusterType || len(out.GetResources()) != 1 {
 		t.Errorf("CDS answered %s with %d resources, want one cluster", out.GetTypeUrl(), len(out.GetResources()))
 	}
+
+	// The unary fetch checks identity too.
+	cds := clusterservice.NewClusterDiscoveryServiceClient(cp.dial(t))
+	got, err := cds.FetchClusters(testContext(t), &discoveryv3.DiscoveryRequest{Node: grpcClient.Node(), ResourceNames: []string{"echo-cluster"}})
+	if err != nil {
+		t.Fatalf("FetchClusters: %v", err)
+	}
+	if got.GetVersionInfo() != out.GetVersionInfo() {
+		t.Errorf("fetched version %s, streamed %s", got.GetVersionInfo(), out.GetVersionInfo())
+	}
+	_, err = cds.FetchClusters(testContext(t), &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "anonymous"}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("FetchClusters without identity: %v, want InvalidArgument", err)
+	}
 }
