@@ -54,8 +54,9 @@ type target struct {
 
 // Resolve decides, for every Service port in the snapshot, its endpoints and
 // its one effective policy, and computes every policy's status. It is pure
-// and deterministic: the same snapshot and options give an equal Mesh, and
-// the input is not modified.
+// and deterministic: the same snapshot and options give an equal Mesh
+// whatever the order of their slices, and the input is not modified. Keys
+// are unique within each slice of a snapshot and within LastAccepted.
 //
 // Precedence, most specific first: a policy targeting the port (sectionName),
 // one targeting the Service, the namespace default (no targetRefs, same

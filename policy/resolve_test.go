@@ -85,7 +85,10 @@ func FuzzResolve(f *testing.F) {
 	reasons := []string{fjordv1a1.ReasonAccepted, fjordv1a1.ReasonInvalid, fjordv1a1.ReasonConflicted, fjordv1a1.ReasonTargetNotFound}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		snap, last, err := decodeObjects(data)
-		if err != nil {
+		if err != nil || duplicateKeys(snap, last) {
+			// A snapshot holds each object once by contract (the API server
+			// and the file source both guarantee it); resolution need not
+			// be deterministic for input that breaks it.
 			return
 		}
 		m := Resolve(snap, Options{LastAccepted: last})
@@ -179,6 +182,27 @@ func scribble(v reflect.Value) int {
 		return 1
 	}
 	return 0
+}
+
+func duplicateKeys(snap *model.Snapshot, last []model.Policy) bool {
+	dup := func(keys []model.Key) bool {
+		slices.SortFunc(keys, compareKeys)
+		return len(slices.Compact(keys)) != len(keys)
+	}
+	var svc, eps, pol, acc []model.Key
+	for _, s := range snap.Services {
+		svc = append(svc, s.Key)
+	}
+	for _, s := range snap.EndpointSlices {
+		eps = append(eps, s.Key)
+	}
+	for _, p := range snap.Policies {
+		pol = append(pol, p.Key)
+	}
+	for _, p := range last {
+		acc = append(acc, p.Key)
+	}
+	return dup(svc) || dup(eps) || dup(pol) || dup(acc)
 }
 
 func mustYAML(t testing.TB, v any) string {
