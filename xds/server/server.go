@@ -47,6 +47,10 @@ func New(c *cache.Cache, reg prometheus.Registerer, log *slog.Logger) *Server {
 		streams: map[streamKey]*stream{},
 	}
 	s.xds = serverv3.NewServer(ctx, c, s,
+		// One response channel per ADS stream, so a change reaches the proxy
+		// in the order the cache emits it: clusters, endpoints, listeners,
+		// routes, which lets a new cluster warm before a route uses it.
+		sotw.WithOrderedADS(),
 		// An empty first request is a wildcard only for the types whose
 		// resources are roots (listeners, clusters). Proxyless gRPC asks for
 		// routes and endpoints by name and must never be handed all of them.
