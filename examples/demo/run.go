@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -129,9 +130,10 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 // at policyAfter it writes the policy. It returns when ctx ends.
 func drive(ctx context.Context, o options, out io.Writer, cc *grpc.ClientConn, configDir string) error {
 	var (
-		mu  sync.Mutex
-		sec = newSecond()
-		wg  sync.WaitGroup
+		mu       sync.Mutex
+		sec      = newSecond()
+		lastCall = map[string]time.Time{} // when each backend last got a call
+		wg       sync.WaitGroup
 	)
 	wg.Go(func() {
 		tick := time.NewTicker(time.Second / time.Duration(max(o.rate, 1)))
@@ -150,6 +152,7 @@ func drive(ctx context.Context, o options, out io.Writer, cc *grpc.ClientConn, c
 			}
 			mu.Lock()
 			sec.add(backend, err)
+			lastCall[backend] = time.Now()
 			mu.Unlock()
 		}
 	})
@@ -160,9 +163,9 @@ func drive(ctx context.Context, o options, out io.Writer, cc *grpc.ClientConn, c
 	defer tick.Stop()
 	policyAt := time.After(o.policyAfter)
 	var (
-		applied  time.Time
-		ejected  = map[string]time.Time{} // backends without calls, since when
-		everSeen = map[string]bool{}
+		applied   time.Time
+		out0      = map[string]time.Time{} // backends getting no calls: their last call before
+		ejections = map[string]int{}
 	)
 	for {
 		select {
@@ -186,24 +189,28 @@ func drive(ctx context.Context, o options, out io.Writer, cc *grpc.ClientConn, c
 			mu.Lock()
 			s := sec
 			sec = newSecond()
+			last := maps.Clone(lastCall)
 			mu.Unlock()
 			fmt.Fprintf(out, "[%3.0fs] %s\n", now.Sub(start).Seconds(), s)
 			for _, b := range []string{"echo-1", "echo-2", "echo-3"} {
-				n := s.byBackend[b]
-				since, out0 := ejected[b]
+				since, isOut := out0[b]
 				switch {
-				case n > 0:
-					if out0 {
-						fmt.Fprintf(out, ">>> %s gets calls again after %v out: its ejection is over; if it still fails it is ejected again, for longer\n", b, now.Sub(since).Round(time.Second))
-						delete(ejected, b)
-					}
-					everSeen[b] = true
-				case everSeen[b] && !out0 && s.total > 0:
-					ejected[b] = now
+				case s.byBackend[b] > 0 && isOut:
+					delete(out0, b)
+					fmt.Fprintf(out, ">>> %s is back after %v without calls: its ejection is over, the client tries it again\n",
+						b, last[b].Sub(since).Round(time.Second))
+				case s.byBackend[b] == 0 && !isOut && !last[b].IsZero() && s.total > 0:
+					out0[b] = last[b]
 					if applied.IsZero() {
 						fmt.Fprintf(out, ">>> %s gets no calls\n", b)
+						break
+					}
+					ejections[b]++
+					if ejections[b] == 1 {
+						fmt.Fprintf(out, ">>> %s ejected %v after the policy was written: no calls reach it, errors stop (for baseEjectionTime, 30s)\n",
+							b, max(last[b].Sub(applied), 0).Round(100*time.Millisecond))
 					} else {
-						fmt.Fprintf(out, ">>> %s ejected %v after the policy was written: no calls reach it, errors stop\n", b, now.Sub(applied).Round(100*time.Millisecond))
+						fmt.Fprintf(out, ">>> %s ejected again: it still fails; this time for %d x baseEjectionTime\n", b, ejections[b])
 					}
 				}
 			}
