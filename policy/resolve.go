@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
 	"github.com/fjordmesh/fjord/watcher/model"
@@ -296,7 +297,14 @@ func (r *resolver) layers(svc model.Key, port string) []layer {
 // in its current spec.
 func (r *resolver) status(st *policyState) Status {
 	out := Status{Key: st.key, Generation: st.current.Generation}
-	for _, a := range r.attachments(st.current) {
+	attachments := r.attachments(st.current)
+	// The status schema holds at most as many ancestors as a valid policy
+	// has targets; only an invalid policy (standalone mode has no schema to
+	// stop it) can have more, and its first ancestors already say why.
+	if len(attachments) > maxTargetRefs {
+		attachments = attachments[:maxTargetRefs]
+	}
+	for _, a := range attachments {
 		status, reason, msg := metav1.ConditionTrue, fjordv1a1.ReasonAccepted, ""
 		switch {
 		case st.invalid != "":
@@ -316,12 +324,30 @@ func (r *resolver) status(st *policyState) Status {
 				Type:               fjordv1a1.ConditionAccepted,
 				Status:             status,
 				Reason:             reason,
-				Message:            msg,
+				Message:            truncate(msg, maxMessageLength),
 				ObservedGeneration: st.current.Generation,
 			}},
 		})
 	}
 	return out
+}
+
+// maxMessageLength is the longest condition message the API server
+// accepts (metav1.Condition).
+const maxMessageLength = 32768
+
+// truncate shortens s to at most n bytes without splitting a UTF-8
+// character, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const mark = " ..."
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
 }
 
 func servedNote(st *policyState) string {

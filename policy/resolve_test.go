@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
 	"github.com/fjordmesh/fjord/watcher/model"
@@ -59,6 +60,53 @@ func TestResolveMeshNamespaceOption(t *testing.T) {
 			want := []FieldSource{{Path: "timeout.request", Policy: tc.from, Level: LevelMesh}}
 			if d := cmp.Diff(want, p.Sources); d != "" {
 				t.Errorf("sources (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+// TestStatusFitsTheSchema resolves a policy that only standalone mode can
+// hold (no schema limits its targets) and checks its status still fits the
+// status schema: at most 16 ancestors, messages within metav1.Condition's
+// limit.
+func TestStatusFitsTheSchema(t *testing.T) {
+	var refs []fjordv1a1.TargetRef
+	for i := range 1000 {
+		refs = append(refs, fjordv1a1.TargetRef{Group: "ééééééééééé", Kind: "Deployment", Name: fmt.Sprintf("echo-%d", i)})
+	}
+	snap := &model.Snapshot{Policies: []model.Policy{{
+		Key:        model.Key{Namespace: "demo", Name: "huge"},
+		Generation: 1,
+		Spec:       fjordv1a1.ResiliencePolicySpec{TargetRefs: refs, Timeout: &fjordv1a1.Timeout{Request: ptr[fjordv1a1.Duration]("1s")}},
+	}}}
+	st := Resolve(snap, Options{}).Statuses[0]
+	if len(st.Ancestors) != maxTargetRefs {
+		t.Fatalf("%d ancestors, want %d", len(st.Ancestors), maxTargetRefs)
+	}
+	for _, a := range st.Ancestors {
+		msg := a.Conditions[0].Message
+		if a.Conditions[0].Reason != fjordv1a1.ReasonInvalid || len(msg) > maxMessageLength || !utf8.ValidString(msg) ||
+			!strings.HasPrefix(msg, "spec.targetRefs: must have at most 16 items, has 1000") || !strings.HasSuffix(msg, " ...") {
+			t.Fatalf("condition %s (%d bytes) does not fit: %.200s", a.Conditions[0].Reason, len(msg), msg)
+		}
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	cases := map[string]struct {
+		in   string
+		n    int
+		want string
+	}{
+		"short enough":        {in: "abc", n: 3, want: "abc"},
+		"cut":                 {in: "abcdefgh", n: 7, want: "abc ..."},
+		"cut before a rune":   {in: "abcéfgh", n: 7, want: "abc ..."},
+		"never inside a rune": {in: "abéfghij", n: 7, want: "ab ..."},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := truncate(tc.in, tc.n); got != tc.want || len(got) > tc.n {
+				t.Errorf("truncate(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
 			}
 		})
 	}
