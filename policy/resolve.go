@@ -94,11 +94,13 @@ func Resolve(in *model.Snapshot, opts Options) *Mesh {
 	return m
 }
 
+// lossKey is a policy at a target where another one won.
 type lossKey struct {
 	policy model.Key
 	at     target
 }
 
+// resolver holds what one Resolve call has learnt about the snapshot.
 type resolver struct {
 	meshNS   string
 	services map[model.Key]*model.Service
