@@ -97,6 +97,13 @@ func (l *load) add(c call) {
 	l.calls = append(l.calls, c)
 }
 
+// n is the number of calls made so far.
+func (l *load) n() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.calls)
+}
+
 // last returns the n most recent calls, or nil if there are fewer.
 func (l *load) last(n int) []call {
 	l.mu.Lock()
