@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -160,5 +162,26 @@ func TestHoldRelease(t *testing.T) {
 	// Released: new calls do not wait.
 	if _, err := Call(ctx, cc); err != nil {
 		t.Fatalf("call after Release: %v", err)
+	}
+}
+
+func TestEmptyCallFollowsBehaviour(t *testing.T) {
+	s, cc := start(t, "echo-e")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client := testpb.NewTestServiceClient(cc)
+	var tr metadata.MD
+	if _, err := client.EmptyCall(ctx, &testpb.Empty{}, grpc.Trailer(&tr)); err != nil {
+		t.Fatalf("EmptyCall: %v", err)
+	}
+	if got := tr.Get(TrailerKey); len(got) != 1 || got[0] != "echo-e" {
+		t.Fatalf("EmptyCall trailer %s = %v, want [echo-e]", TrailerKey, got)
+	}
+	s.FailEvery(1)
+	if _, err := client.EmptyCall(ctx, &testpb.Empty{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("EmptyCall on a failing backend: %v, want Unavailable", err)
+	}
+	if s.Calls() != 2 || s.Failures() != 1 {
+		t.Fatalf("calls=%d failures=%d, want 2, 1", s.Calls(), s.Failures())
 	}
 }
