@@ -14,8 +14,10 @@ ENVTEST_ASSETS := $(CURDIR)/bin/k8s
 export KUBEBUILDER_ASSETS := $(ENVTEST_ASSETS)
 
 # Static binaries: no C toolchain needed, and they run inside the network
-# namespaces the end-to-end tests make.
-ENVTEST_BUILD := CGO_ENABLED=0 $(GO) build
+# namespaces the end-to-end tests make. GOWORK=off keeps each tool module on
+# its own pins even if a go.work appears at the root.
+ENVTEST_GO    := GOWORK=off $(GO)
+ENVTEST_BUILD := CGO_ENABLED=0 $(ENVTEST_GO) build
 
 # envtest_need_go fails the recipe with a clear message when Go is missing.
 define envtest_need_go
@@ -36,7 +38,7 @@ $(ENVTEST_ASSETS)/kube-apiserver: $(ENVTEST_TOOLS)/kube-apiserver/go.mod $(ENVTE
 	@mkdir -p $(@D)
 	@echo "building $@ (several minutes on a cold build cache)"
 	@set -eu; cd $(ENVTEST_TOOLS)/kube-apiserver; \
-	v=$$($(GO) list -m -f '{{.Version}}' k8s.io/kubernetes); \
+	v=$$($(ENVTEST_GO) list -m -f '{{.Version}}' k8s.io/kubernetes); \
 	major=$$(echo "$$v" | cut -d. -f1 | tr -d v); minor=$$(echo "$$v" | cut -d. -f2); \
 	x="-X $(ENVTEST_VERSION_PKG).gitVersion=$$v -X $(ENVTEST_VERSION_PKG).gitMajor=$$major"; \
 	x="$$x -X $(ENVTEST_VERSION_PKG).gitMinor=$$minor -X $(ENVTEST_VERSION_PKG).gitTreeState=clean"; \
