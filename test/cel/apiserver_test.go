@@ -3,6 +3,7 @@ package cel
 import (
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -50,11 +51,24 @@ func startAPIServer(t *testing.T) client.Client {
 	}
 	// Registered before Start so that a half-started control plane (etcd up,
 	// kube-apiserver failing) is stopped too.
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stopping kube-apiserver and etcd: %v", err)
+	var stopOnce sync.Once
+	stop := func() {
+		stopOnce.Do(func() {
+			if err := env.Stop(); err != nil {
+				t.Errorf("stopping kube-apiserver and etcd: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	// go test -timeout panics without running cleanups, which would leave
+	// etcd and kube-apiserver running (envtest puts them in process groups
+	// of their own); stop them shortly before that deadline instead.
+	if deadline, ok := t.Deadline(); ok {
+		if wait := time.Until(deadline) - 2*env.ControlPlaneStopTimeout; wait > 0 {
+			guard := time.AfterFunc(wait, stop)
+			t.Cleanup(func() { guard.Stop() })
 		}
-	})
+	}
 	began := time.Now()
 	cfg, err := env.Start()
 	if err != nil {
