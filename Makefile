@@ -8,11 +8,13 @@ XDS_ADDR     ?= 127.0.0.1:15010
 MON_ADDR     ?= 127.0.0.1:15014
 GOTEST_FLAGS ?= -race -count=1 -timeout 30m
 
+include make/envtest.mk
+
 .DEFAULT_GOAL := help
 
 .PHONY: help
 help: ## List the targets.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## Build fjord-cp and fjordctl into bin/.
@@ -28,11 +30,11 @@ demo: build ## Circuit-breaker demo: control plane, three echo backends, a proxy
 	$(GO) run ./examples/demo --bin $(BIN)
 
 .PHONY: test
-test: ## Unit, golden, envtest and end-to-end tests, with -race.
+test: envtest-assets ## Unit, golden, envtest and end-to-end tests, with -race.
 	$(GO) test $(GOTEST_FLAGS) ./...
 
 .PHONY: test-e2e
-test-e2e: ## Only the end-to-end tests.
+test-e2e: envtest-assets ## Only the end-to-end tests.
 	$(GO) test $(GOTEST_FLAGS) ./e2e/...
 
 .PHONY: bench
