@@ -51,9 +51,10 @@ func New(c *cache.Cache, reg prometheus.Registerer, log *slog.Logger) *Server {
 		// in the order the cache emits it: clusters, endpoints, listeners,
 		// routes, which lets a new cluster warm before a route uses it.
 		sotw.WithOrderedADS(),
-		// An empty first request is a wildcard only for the types whose
-		// resources are roots (listeners, clusters). Proxyless gRPC asks for
-		// routes and endpoints by name and must never be handed all of them.
+		// A first request naming nothing is a wildcard only for listeners
+		// and clusters, the roots Envoy discovers that way. Routes and
+		// endpoints are always asked for by name; an empty request for them
+		// subscribes to nothing, never to every route in the mesh.
 		config.DeactivateLegacyWildcardForTypes([]string{resourcev3.EndpointType, resourcev3.RouteType}),
 		// The library's own messages are per-request chatter (stale nonces,
 		// new subscriptions): debug, except its warnings and errors.
