@@ -1,8 +1,9 @@
 // Package model is the input of the pipeline: a Kubernetes-free, immutable,
-// sorted snapshot of the Services, EndpointSlices and ResiliencePolicies the
-// control plane knows. Both sources (the Kubernetes watcher and the
-// standalone directory) publish this same type, so everything downstream is
-// indifferent to where the objects came from.
+// sorted snapshot of the Services, EndpointSlices, ResiliencePolicies and
+// mesh routes (HTTPRoute, GRPCRoute) the control plane knows. Both sources
+// (the Kubernetes watcher and the standalone directory) publish this same
+// type, so everything downstream is indifferent to where the objects came
+// from.
 package model
 
 import (
@@ -37,6 +38,7 @@ type Snapshot struct {
 	Services       []Service       `json:"services,omitempty"`
 	EndpointSlices []EndpointSlice `json:"endpointSlices,omitempty"`
 	Policies       []Policy        `json:"policies,omitempty"`
+	Routes         []Route         `json:"routes,omitempty"`
 }
 
 // Service is a Kubernetes Service reduced to what the mesh routes on.
@@ -109,4 +111,5 @@ func (s *Snapshot) Sort() {
 		sort.Slice(e.Endpoints, func(a, b int) bool { return e.Endpoints[a].Address < e.Endpoints[b].Address })
 	}
 	sort.Slice(s.Policies, func(i, j int) bool { return s.Policies[i].Key.Less(s.Policies[j].Key) })
+	sortRoutes(s.Routes)
 }
