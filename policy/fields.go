@@ -19,7 +19,9 @@ import (
 // taking them from different policies could produce a combination that
 // nobody wrote and that is invalid.
 var atomicTypes = map[reflect.Type]bool{
-	reflect.TypeFor[fjordv1a1.Backoff](): true,
+	reflect.TypeFor[fjordv1a1.Backoff]():    true,
+	reflect.TypeFor[fjordv1a1.FaultAbort](): true,
+	reflect.TypeFor[fjordv1a1.FaultDelay](): true,
 }
 
 var specType = reflect.TypeFor[fjordv1a1.ResiliencePolicySpec]()
@@ -170,7 +172,8 @@ func mergeStruct(dst, src reflect.Value, prefix string, record func(path string)
 // grpcEnforced are the leaves proxyless gRPC (grpc-go's xDS client) acts on:
 // the success-rate and failure-percentage detectors with their timing
 // (gRFC A50), max_requests (A32), retries with gRPC conditions and backoff
-// (A44), and the request timeout as max_stream_duration (A31).
+// (A44), the request timeout as max_stream_duration (A31), and fault
+// injection (A33).
 var grpcEnforced = map[string]bool{
 	"outlierDetection.interval":                            true,
 	"outlierDetection.baseEjectionTime":                    true,
@@ -188,6 +191,8 @@ var grpcEnforced = map[string]bool{
 	"retry.retryOn":                                        true,
 	"retry.backoff":                                        true,
 	"timeout.request":                                      true,
+	"faultInjection.abort":                                 true,
+	"faultInjection.delay":                                 true,
 }
 
 // grpcRetryOn are the retry conditions proxyless gRPC honours; it ignores

@@ -44,6 +44,8 @@ func TestLeafPaths(t *testing.T) {
 		"retry.backoff",
 		"timeout.request",
 		"timeout.idle",
+		"faultInjection.abort",
+		"faultInjection.delay",
 	}
 	if d := cmp.Diff(want, leafPaths()); d != "" {
 		t.Errorf("leaf paths (-want +got):\n%s", d)

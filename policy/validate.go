@@ -23,8 +23,8 @@ func Validate(spec *fjordv1a1.ResiliencePolicySpec) error {
 		errs = append(errs, fmt.Errorf("spec.%s: %s", path, fmt.Sprintf(format, args...)))
 	}
 	validateTargetRefs(spec.TargetRefs, fail)
-	if spec.OutlierDetection == nil && spec.ConnectionPool == nil && spec.Retry == nil && spec.Timeout == nil {
-		errs = append(errs, errors.New("spec: must set at least one of outlierDetection, connectionPool, retry, timeout"))
+	if spec.OutlierDetection == nil && spec.ConnectionPool == nil && spec.Retry == nil && spec.Timeout == nil && spec.FaultInjection == nil {
+		errs = append(errs, errors.New("spec: must set at least one of outlierDetection, connectionPool, retry, timeout, faultInjection"))
 	}
 	validateLeaves(reflect.ValueOf(spec).Elem(), "", fail)
 	if od := spec.OutlierDetection; od != nil {
@@ -33,8 +33,45 @@ func Validate(spec *fjordv1a1.ResiliencePolicySpec) error {
 	if r := spec.Retry; r != nil && r.Backoff != nil {
 		notShorter(r.Backoff.BaseInterval, r.Backoff.MaxInterval, "retry.backoff.maxInterval", "baseInterval", fail)
 	}
+	if f := spec.FaultInjection; f != nil {
+		validateFault(f, fail)
+	}
 	return errors.Join(errs...)
 }
+
+// validateFault checks the rules of the faultInjection section that its
+// field types cannot express: which fields go together, and percentages.
+func validateFault(f *fjordv1a1.FaultInjection, fail func(path, format string, args ...any)) {
+	if f.Abort == nil && f.Delay == nil {
+		fail("faultInjection", "must set abort, delay or both")
+	}
+	if a := f.Abort; a != nil {
+		if (a.HTTPStatus == nil) == (a.GRPCStatus == nil) {
+			fail("faultInjection.abort", "must set exactly one of httpStatus, grpcStatus")
+		}
+		checkPercentage("faultInjection.abort.percentage", a.Percentage, fail)
+	}
+	if d := f.Delay; d != nil {
+		if d.FixedDelay == nil {
+			fail("faultInjection.delay.fixedDelay", "required")
+		}
+		checkPercentage("faultInjection.delay.percentage", d.Percentage, fail)
+	}
+}
+
+// checkPercentage fails a percentage above 100; a malformed one is
+// reported by validateLeaves.
+func checkPercentage(path string, p *fjordv1a1.Decimal, fail func(path, format string, args ...any)) {
+	if p == nil {
+		return
+	}
+	if m, err := p.Milli(); err == nil && m > maxPercentMilli {
+		fail(path, "must be at most 100, got %s", *p)
+	}
+}
+
+// maxPercentMilli is 100 percent as Decimal.Milli returns it.
+const maxPercentMilli = 100_000
 
 const (
 	maxTargetRefs = 16
@@ -51,6 +88,13 @@ var maxima = map[string]int64{
 	"outlierDetection.failurePercentage.threshold": 100,
 	"connectionPool.retryBudget.budgetPercent":     100,
 	"retry.attempts":                               10,
+	"faultInjection.abort.httpStatus":              maxStatusCode,
+	"faultInjection.abort.grpcStatus":              16,
+}
+
+// minima are the lower bounds of the integer fields whose bound is not 0.
+var minima = map[string]int64{
+	"faultInjection.abort.httpStatus": 200,
 }
 
 // positive are the durations that must be above zero: Envoy rejects a zero
@@ -62,6 +106,7 @@ var positive = map[string]bool{
 	"connectionPool.connectTimeout":     true,
 	"retry.backoff.baseInterval":        true,
 	"retry.backoff.maxInterval":         true,
+	"faultInjection.delay.fixedDelay":   true,
 }
 
 // retryOnValues are the values the CRD's RetryOn enum allows.
@@ -135,7 +180,7 @@ func validateLeaves(v reflect.Value, prefix string, fail func(path, format strin
 				fail(path, "%v", err)
 			}
 		case *int32:
-			checkRange(path, int64(*x), 0, maxOf(path), fail)
+			checkRange(path, int64(*x), minima[path], maxOf(path), fail)
 		case *bool:
 		case []fjordv1a1.RetryOn:
 			checkList(path, x, fail, func(c fjordv1a1.RetryOn) string {

@@ -34,7 +34,29 @@ func TestValidate(t *testing.T) {
 		},
 		"no section": {
 			spec: `targetRefs: [{group: "", kind: Service, name: echo}]`,
-			want: []string{"spec: must set at least one of outlierDetection, connectionPool, retry, timeout"},
+			want: []string{"spec: must set at least one of outlierDetection, connectionPool, retry, timeout, faultInjection"},
+		},
+		"fault injection alone is a section": {
+			spec: `faultInjection: {abort: {grpcStatus: 14, percentage: "12.5"}, delay: {fixedDelay: 100ms, percentage: "100"}}`,
+		},
+		"fault injection rules": {
+			spec: `faultInjection: {abort: {httpStatus: 503, grpcStatus: 14, percentage: "100.001"}, delay: {percentage: "5"}}`,
+			want: []string{
+				"spec.faultInjection.abort: must set exactly one of httpStatus, grpcStatus",
+				`spec.faultInjection.abort.percentage: must be at most 100, got 100.001`,
+				"spec.faultInjection.delay.fixedDelay: required",
+			},
+		},
+		"fault injection bounds": {
+			spec: `faultInjection: {abort: {httpStatus: 199}, delay: {fixedDelay: 0s}}`,
+			want: []string{
+				"spec.faultInjection.abort.httpStatus: must be at least 200, got 199",
+				"spec.faultInjection.delay.fixedDelay: must be greater than 0",
+			},
+		},
+		"empty fault injection": {
+			spec: `faultInjection: {}`,
+			want: []string{"spec.faultInjection: must set abort, delay or both"},
 		},
 		"invalid duration": {
 			spec: `retry: {perTryTimeout: 5x}`,
@@ -223,8 +245,8 @@ func TestValidateMatchesCRD(t *testing.T) {
 				walk(p, fp)
 			case "integer":
 				ints = append(ints, fp)
-				if p.Minimum == nil || *p.Minimum != 0 {
-					t.Errorf("%s: CRD minimum %v, Validate 0", fp, p.Minimum)
+				if p.Minimum == nil || int64(*p.Minimum) != minima[fp] {
+					t.Errorf("%s: CRD minimum %v, Validate %d", fp, p.Minimum, minima[fp])
 				}
 				want, ok := maxima[fp]
 				switch {
@@ -285,8 +307,13 @@ func TestValidateMatchesCRD(t *testing.T) {
 			t.Errorf("Validate requires %s to be positive, which is no duration field of the CRD", p)
 		}
 	}
-	if len(durations) != 10 {
-		t.Errorf("found %d durations in the CRD, want 10: %v", len(durations), durations)
+	for p := range minima {
+		if !slices.Contains(ints, p) {
+			t.Errorf("Validate bounds %s from below, which is no integer field of the CRD", p)
+		}
+	}
+	if len(durations) != 11 {
+		t.Errorf("found %d durations in the CRD, want 11: %v", len(durations), durations)
 	}
 }
 

@@ -40,10 +40,10 @@ type ResiliencePolicyList struct {
 	Items []ResiliencePolicy `json:"items"`
 }
 
-// ResiliencePolicySpec holds the policy's targets and its four sections. At
+// ResiliencePolicySpec holds the policy's targets and its five sections. At
 // least one section must be set; every field is optional so that a more
 // specific policy can override just the fields it names.
-// +kubebuilder:validation:XValidation:rule="has(self.outlierDetection) || has(self.connectionPool) || has(self.retry) || has(self.timeout)",message="spec must set at least one of outlierDetection, connectionPool, retry, timeout"
+// +kubebuilder:validation:XValidation:rule="has(self.outlierDetection) || has(self.connectionPool) || has(self.retry) || has(self.timeout) || has(self.faultInjection)",message="spec must set at least one of outlierDetection, connectionPool, retry, timeout, faultInjection"
 type ResiliencePolicySpec struct {
 	// TargetRefs are the Services (optionally one named port of each) this
 	// policy applies to, in Gateway API policy-attachment form. Omitted or
@@ -72,6 +72,12 @@ type ResiliencePolicySpec struct {
 	// Timeout bounds requests to the Service.
 	// +optional
 	Timeout *Timeout `json:"timeout,omitempty"`
+
+	// FaultInjection makes the client proxies fail or delay a share of the
+	// requests to the Service on purpose, so that teams can test how their
+	// callers, breakers and retries cope.
+	// +optional
+	FaultInjection *FaultInjection `json:"faultInjection,omitempty"`
 }
 
 // TargetRef names a Service, and optionally one of its ports by name, that a
@@ -331,6 +337,59 @@ type Timeout struct {
 	// timeout (5m). Envoy only.
 	// +optional
 	Idle *Duration `json:"idle,omitempty"`
+}
+
+// FaultInjection injects faults into requests before they leave the client
+// proxy: the request never reaches the Service when it is aborted. Delay
+// applies first, then abort. Both proxy kinds honour it (Envoy's fault
+// filter; proxyless gRPC implements the same filter).
+// +kubebuilder:validation:XValidation:rule="has(self.abort) || has(self.delay)",message="faultInjection must set abort, delay or both"
+type FaultInjection struct {
+	// Abort fails a share of the requests at once with a fixed status.
+	// +optional
+	Abort *FaultAbort `json:"abort,omitempty"`
+	// Delay holds a share of the requests for a fixed time before they are
+	// sent.
+	// +optional
+	Delay *FaultDelay `json:"delay,omitempty"`
+}
+
+// FaultAbort fails requests with an HTTP or a gRPC status; exactly one of
+// the two is set. It is merged as a whole, like backoff, because its fields
+// only make sense together.
+// +kubebuilder:validation:XValidation:rule="has(self.httpStatus) != has(self.grpcStatus)",message="abort must set exactly one of httpStatus, grpcStatus"
+type FaultAbort struct {
+	// HTTPStatus is the HTTP status the aborted requests get. Proxyless gRPC
+	// turns it into the gRPC code of the HTTP-to-gRPC mapping (503 becomes
+	// UNAVAILABLE).
+	// +optional
+	// +kubebuilder:validation:Minimum=200
+	// +kubebuilder:validation:Maximum=599
+	HTTPStatus *int32 `json:"httpStatus,omitempty"`
+	// GRPCStatus is the gRPC status code the aborted requests get (14 is
+	// UNAVAILABLE).
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=16
+	GRPCStatus *int32 `json:"grpcStatus,omitempty"`
+	// Percentage is the share of requests aborted, from "0" to "100" with up
+	// to three decimals ("0.5"). Default "100".
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="double(self) <= 100.0",message="must be at most 100"
+	Percentage *Decimal `json:"percentage,omitempty"`
+}
+
+// FaultDelay delays requests by a fixed time. It is merged as a whole.
+type FaultDelay struct {
+	// FixedDelay is how long a delayed request waits before it is sent.
+	// +required
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="must be greater than 0"
+	FixedDelay *Duration `json:"fixedDelay"`
+	// Percentage is the share of requests delayed, from "0" to "100" with
+	// up to three decimals. Default "100".
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="double(self) <= 100.0",message="must be at most 100"
+	Percentage *Decimal `json:"percentage,omitempty"`
 }
 
 // PolicyStatus follows Gateway API's PolicyStatus: one entry per ancestor
