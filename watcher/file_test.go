@@ -66,7 +66,7 @@ func startSourceWith(t *testing.T, dir string, mem FileMemory) *sourceRun {
 	r := &sourceRun{errs: make(chan error, 100), done: make(chan error, 1)}
 	src := &FileSource{
 		Memory: mem,
-		Dir: dir, HoldOff: 5 * time.Millisecond, MaxDelay: 20 * time.Millisecond,
+		Dir:    dir, HoldOff: 5 * time.Millisecond, MaxDelay: 20 * time.Millisecond,
 		Log:     slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 		OnError: func(err error) { r.errs <- err },
 	}
