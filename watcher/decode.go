@@ -44,6 +44,7 @@ type Objects struct {
 	Services       []model.Service
 	EndpointSlices []model.EndpointSlice
 	Policies       []model.Policy
+	Routes         []model.Route
 	// Refs names every object above, in document order, so that a caller
 	// can detect the same object defined in two files.
 	Refs []ObjectRef
@@ -67,14 +68,14 @@ func (r ObjectRef) String() string {
 }
 
 // Decode reads one file of Kubernetes YAML (several documents separated by
-// "---"; JSON is YAML too) and converts the Services, EndpointSlices and
-// ResiliencePolicies in it to the model. Decoding is strict, as the API
+// "---"; JSON is YAML too) and converts the Services, EndpointSlices,
+// ResiliencePolicies, HTTPRoutes and GRPCRoutes in it to the model. Decoding is strict, as the API
 // server is: an unknown or duplicated field, or a field of the wrong type, is
 // an error, so that a typo is reported rather than silently ignored. Every
 // error names the file, the document, the object and the field; all of a
 // file's errors are returned together and no object of a failing file is.
 //
-// A ResiliencePolicy without metadata.creationTimestamp gets firstSeen (the
+// A ResiliencePolicy or route without metadata.creationTimestamp gets firstSeen (the
 // time the caller first saw the file), since precedence between policies at
 // one level goes to the oldest; set the timestamp in the file to pin it.
 // Decode itself reads no clock, so the same input always gives the same output.
@@ -189,6 +190,12 @@ func (o *Objects) add(js []byte, ref ObjectRef, firstSeen time.Time) error {
 			m.CreationTimestamp = firstSeen.UTC().Truncate(time.Second)
 		}
 		o.Policies = append(o.Policies, m)
+	case KindHTTPRoute, KindGRPCRoute:
+		m, err := decodeRoute(js, ref, firstSeen)
+		if err != nil {
+			return err
+		}
+		o.Routes = append(o.Routes, m)
 	}
 	return nil
 }

@@ -326,8 +326,45 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("policy %s with generation %d, created %v", p.Key, p.Generation, p.CreationTimestamp)
 			}
 		}
-		if n := len(got.Services) + len(got.EndpointSlices) + len(got.Policies); n != len(got.Refs) {
+		for _, r := range got.Routes {
+			check("route", r.Key)
+			if r.CreationTimestamp.IsZero() {
+				t.Fatalf("route %s without creation time", r.Key)
+			}
+		}
+		if n := len(got.Services) + len(got.EndpointSlices) + len(got.Policies) + len(got.Routes); n != len(got.Refs) {
 			t.Fatalf("%d objects but %d refs", n, len(got.Refs))
 		}
 	})
+}
+
+func TestDecodeRoutes(t *testing.T) {
+	got, err := Decode("routes.yaml", []byte(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+`), firstSeen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Routes) != 2 || len(got.Refs) != 2 {
+		t.Fatalf("want two routes with refs, got %+v", got)
+	}
+	for i, kind := range []model.RouteKind{model.KindHTTPRoute, model.KindGRPCRoute} {
+		r := got.Routes[i]
+		if r.Kind != kind || r.Key != (model.Key{Namespace: "demo", Name: "echo"}) || !r.CreationTimestamp.Equal(firstSeen.Truncate(time.Second)) {
+			t.Errorf("route %d = %s %s created %v", i, r.Kind, r.Key, r.CreationTimestamp)
+		}
+	}
+	if _, err := Decode("routes.yaml", []byte("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {parentRef: []}\n"), firstSeen); err == nil ||
+		!strings.Contains(err.Error(), `(HTTPRoute default/r): unknown field "spec.parentRef"`) {
+		t.Errorf("strict route decoding: %v", err)
+	}
 }

@@ -35,6 +35,12 @@ import (
 // nothing. With a Memory, the last good content survives restarts too. When
 // two files define the same object, the one whose path sorts first wins and
 // the other definition is reported.
+//
+// A ResiliencePolicy without metadata.creationTimestamp is dated by when
+// this run first saw its file, so of two policies competing at one level the
+// one in the file that appeared first wins. Dates have second precision, so
+// files read at startup usually tie and the first by namespace/name wins.
+// Set the timestamp in the file to pin precedence.
 type FileSource struct {
 	// Dir is the directory to read.
 	Dir string
@@ -391,6 +397,11 @@ func (f *fileScan) assemble(paths []string) *model.Snapshot {
 		for _, pol := range st.good.Policies {
 			if keep(KindResiliencePolicy, pol.Key, p) {
 				snap.Policies = append(snap.Policies, pol)
+			}
+		}
+		for _, rt := range st.good.Routes {
+			if keep(string(rt.Kind), rt.Key, p) {
+				snap.Routes = append(snap.Routes, rt)
 			}
 		}
 	}
