@@ -21,9 +21,15 @@ import (
 // one file can describe both.
 const lastAcceptedAnnotation = "test.fjord.dev/last-accepted"
 
+// RouteDecoder converts an HTTPRoute or GRPCRoute document with the
+// watcher's own converters. The watcher imports this package, so only an
+// external test package can reach them: route_decoder_test.go sets it.
+var RouteDecoder func(kind string, doc []byte) (model.Route, error)
+
 // decodeObjects turns a multi-document YAML of Kubernetes objects (Service,
 // discovery.k8s.io/v1 EndpointSlice, ResiliencePolicy) into a sorted
-// snapshot and the policies marked as last accepted. It is the tests'
+// snapshot and the policies marked as last accepted; gateway.networking.k8s.io/v1
+// HTTPRoutes and GRPCRoutes go through RouteDecoder. It is the tests'
 // stand-in for the watcher's converter, decoding strictly so that a typo in
 // a test input fails instead of silently testing something else.
 func decodeObjects(data []byte) (*model.Snapshot, []model.Policy, error) {
@@ -74,6 +80,12 @@ func decodeObjects(data []byte) (*model.Snapshot, []model.Policy, error) {
 			} else {
 				snap.Policies = append(snap.Policies, mp)
 			}
+		case "gateway.networking.k8s.io/v1 HTTPRoute", "gateway.networking.k8s.io/v1 GRPCRoute":
+			rt, err := RouteDecoder(tm.Kind, doc)
+			if err != nil {
+				return nil, nil, fmt.Errorf("document %d (%s): %w", i, tm.Kind, err)
+			}
+			snap.Routes = append(snap.Routes, rt)
 		default:
 			return nil, nil, fmt.Errorf("document %d: unsupported object %s %s", i, tm.APIVersion, tm.Kind)
 		}

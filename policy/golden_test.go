@@ -105,6 +105,7 @@ func reversed(s *model.Snapshot) *model.Snapshot {
 		Services:       rev(s.Services),
 		EndpointSlices: rev(s.EndpointSlices),
 		Policies:       rev(s.Policies),
+		Routes:         rev(s.Routes),
 	}
 	for i := range out.Services {
 		out.Services[i].Ports = rev(out.Services[i].Ports)

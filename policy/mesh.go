@@ -18,6 +18,10 @@ type Mesh struct {
 	// passing it back as Options.LastAccepted is what keeps an invalid edit
 	// from disturbing what is served, also across restarts.
 	Accepted []model.Policy `json:"accepted,omitempty"`
+	// RouteStatuses holds the status of every route with at least one
+	// parentRef to a Service (the parents the mesh is responsible for),
+	// sorted by key, then kind.
+	RouteStatuses []RouteStatus `json:"routeStatuses,omitempty"`
 }
 
 // Service is a Service with its resolved ports.
@@ -43,6 +47,11 @@ type Port struct {
 	// Sources says, for each field set in Policy, which policy it came from.
 	// Sorted by Path.
 	Sources []FieldSource `json:"sources,omitempty"`
+	// Routes are the mesh routes of this port in the order a proxy must try
+	// them, ending with the Service's own default route; empty when no
+	// route is attached, in which case every request goes to the port's
+	// own endpoints under Policy.
+	Routes []Route `json:"routes,omitempty"`
 }
 
 // Endpoint is one backend of a Service port.

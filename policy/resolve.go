@@ -67,6 +67,11 @@ type target struct {
 // Services there and the mesh default of every other namespace. Policies at
 // the same target compete as a whole: the oldest creationTimestamp wins, then
 // the first by namespace/name, and the others are Conflicted there.
+//
+// Mesh routes (HTTPRoute, GRPCRoute with a Service parentRef) attach to the
+// Service ports they select; each port gets its routes in Gateway API match
+// precedence order, with route-level timeouts and retry laid over the
+// port's effective policy, followed by the Service's own default route.
 func Resolve(in *model.Snapshot, opts Options) *Mesh {
 	meshNS := cmp.Or(opts.MeshNamespace, DefaultMeshNamespace)
 	r := &resolver{
@@ -83,6 +88,7 @@ func Resolve(in *model.Snapshot, opts Options) *Mesh {
 	r.compete(states)
 
 	m := &Mesh{Services: r.resolveServices(in)}
+	r.resolveRoutes(in, m)
 	for _, st := range states {
 		if st.used != nil {
 			p := *st.used

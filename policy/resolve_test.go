@@ -22,14 +22,16 @@ import (
 // and checks the input did not change with it: the snapshot is shared by
 // every consumer and must stay immutable whatever a translator does.
 func TestResolveSharesNoMemory(t *testing.T) {
-	snap, last := loadCase(t, "precedence-merge")
-	before := mustJSON(t, snap)
-	m := Resolve(snap, Options{LastAccepted: last})
-	if n := scribble(reflect.ValueOf(m)); n < 100 {
-		t.Fatalf("only %d values changed; the case is too small to show anything", n)
-	}
-	if after := mustJSON(t, snap); after != before {
-		t.Fatalf("changing the resolved mesh changed the input snapshot:\nbefore %s\nafter  %s", before, after)
+	for _, name := range []string{"precedence-merge", "routes-http", "routes-grpc"} {
+		snap, last := loadCase(t, name)
+		before := mustJSON(t, snap)
+		m := Resolve(snap, Options{LastAccepted: last})
+		if n := scribble(reflect.ValueOf(m)); n < 100 {
+			t.Fatalf("%s: only %d values changed; the case is too small to show anything", name, n)
+		}
+		if after := mustJSON(t, snap); after != before {
+			t.Fatalf("%s: changing the resolved mesh changed the input snapshot:\nbefore %s\nafter  %s", name, before, after)
+		}
 	}
 }
 
@@ -275,7 +277,6 @@ func loadCase(t testing.TB, name string) (*model.Snapshot, []model.Policy) {
 	return snap, last
 }
 
-func ptr[T any](v T) *T { return &v }
 
 // BenchmarkResolve resolves a mesh of the size the scale work targets:
 // 1,000 Services with two ports and 10 endpoints each, a mesh default, a
