@@ -277,7 +277,6 @@ func loadCase(t testing.TB, name string) (*model.Snapshot, []model.Policy) {
 	return snap, last
 }
 
-
 // BenchmarkResolve resolves a mesh of the size the scale work targets:
 // 1,000 Services with two ports and 10 endpoints each, a mesh default, a
 // default in each of 10 namespaces, and 200 Service and 200 port policies.
