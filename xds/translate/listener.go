@@ -83,8 +83,8 @@ func outboundListener(sp servicePort, port int32) *listenerv3.Listener {
 
 // grpcListener is the api_listener a proxyless gRPC client asks for when it
 // dials xds:///<authority>: a connection manager whose routes come over the
-// same ADS stream, with the router as the last (and only) HTTP filter, as
-// gRPC requires.
+// same ADS stream, with the router as the last HTTP filter, as gRPC
+// requires.
 func grpcListener(sp servicePort) *listenerv3.Listener {
 	name := ListenerName(node.GRPC, sp.svc, sp.port.Port)
 	hcm := httpConnectionManager(name, RouteName(node.GRPC, sp.svc, sp.port.Port))
@@ -94,7 +94,8 @@ func grpcListener(sp servicePort) *listenerv3.Listener {
 	}
 }
 
-// httpConnectionManager routes with RDS over ADS and ends in the router.
+// httpConnectionManager routes with RDS over ADS; its filters are the
+// fault filter, which routes configure (see fault.go), and the router last.
 func httpConnectionManager(statPrefix, routeName string) *hcmv3.HttpConnectionManager {
 	return &hcmv3.HttpConnectionManager{
 		StatPrefix: statPrefix,
@@ -102,7 +103,7 @@ func httpConnectionManager(statPrefix, routeName string) *hcmv3.HttpConnectionMa
 			ConfigSource:    adsSource(),
 			RouteConfigName: routeName,
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{{
+		HttpFilters: []*hcmv3.HttpFilter{faultFilter(), {
 			Name:       wellknown.Router,
 			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{})},
 		}},

@@ -59,24 +59,10 @@ var grpcConditions = map[fjordv1a1.RetryOn]bool{
 func envoyRouteConfiguration(sps []servicePort, port int32) *routev3.RouteConfiguration {
 	rc := &routev3.RouteConfiguration{Name: RouteName(node.Envoy, sps[0].svc, port)}
 	for _, sp := range sps {
-		p := sp.port.Policy
-		action := &routev3.RouteAction{
-			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: sp.clusterName()},
-			// Envoy's default request timeout is 15s; without a policy the
-			// mesh imposes none, as for proxyless gRPC.
-			Timeout:     durationpb.New(0),
-			RetryPolicy: envoyRetryPolicy(p.Retry),
-		}
-		if t := p.Timeout; t != nil {
-			if d := duration(t.Request); d != nil {
-				action.Timeout = d
-			}
-			action.IdleTimeout = duration(t.Idle)
-		}
 		rc.VirtualHosts = append(rc.VirtualHosts, &routev3.VirtualHost{
 			Name:    Authority(sp.svc, port),
 			Domains: envoyDomains(sp, port),
-			Routes:  []*routev3.Route{prefixRoute(action)},
+			Routes:  envoyRoutes(sp),
 		})
 	}
 	slices.SortFunc(rc.VirtualHosts, func(a, b *routev3.VirtualHost) int { return strings.Compare(a.GetName(), b.GetName()) })
@@ -98,28 +84,16 @@ func envoyDomains(sp servicePort, port int32) []string {
 }
 
 // grpcRouteConfiguration is the route configuration of one Service port for
-// proxyless gRPC: one virtual host for the authority the client dialled, one
-// route to the cluster. gRPC ignores RouteAction.timeout; the request
-// timeout becomes max_stream_duration, and grpc_timeout_header_max caps the
-// deadline the application sets with the same value.
+// proxyless gRPC: one virtual host for the authority the client dialled,
+// with the port's routes.
 func grpcRouteConfiguration(sp servicePort) *routev3.RouteConfiguration {
-	p := sp.port.Policy
-	action := &routev3.RouteAction{
-		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: sp.clusterName()},
-		RetryPolicy:      grpcRetryPolicy(p.Retry),
-	}
-	if t := p.Timeout; t != nil {
-		if d := duration(t.Request); d != nil {
-			action.MaxStreamDuration = &routev3.RouteAction_MaxStreamDuration{MaxStreamDuration: d, GrpcTimeoutHeaderMax: d}
-		}
-	}
 	authority := Authority(sp.svc, sp.port.Port)
 	return &routev3.RouteConfiguration{
 		Name: RouteName(node.GRPC, sp.svc, sp.port.Port),
 		VirtualHosts: []*routev3.VirtualHost{{
 			Name:    authority,
 			Domains: []string{authority},
-			Routes:  []*routev3.Route{prefixRoute(action)},
+			Routes:  grpcRoutes(sp),
 		}},
 	}
 }

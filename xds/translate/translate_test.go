@@ -12,6 +12,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -231,8 +232,10 @@ func TestReferences(t *testing.T) {
 				routes[rc.GetName()] = true
 				for _, vh := range rc.GetVirtualHosts() {
 					for _, rt := range vh.GetRoutes() {
-						if c := rt.GetRoute().GetCluster(); !clusters[c] {
-							t.Errorf("%s %s: route %q refers to missing cluster %q", name, kind, rc.GetName(), c)
+						for _, c := range routeClusters(rt) {
+							if !clusters[c] {
+								t.Errorf("%s %s: route %q refers to missing cluster %q", name, kind, rc.GetName(), c)
+							}
 						}
 					}
 				}
@@ -272,6 +275,27 @@ func TestReferences(t *testing.T) {
 			}
 		}
 	}
+}
+
+// routeClusters returns the clusters a route sends requests to: its
+// cluster or weighted clusters, and its mirrors. A redirect or a direct
+// response has none.
+func routeClusters(rt *routev3.Route) []string {
+	a := rt.GetRoute()
+	if a == nil {
+		return nil
+	}
+	var out []string
+	if c := a.GetCluster(); c != "" || a.GetWeightedClusters() == nil {
+		out = append(out, c)
+	}
+	for _, w := range a.GetWeightedClusters().GetClusters() {
+		out = append(out, w.GetName())
+	}
+	for _, m := range a.GetRequestMirrorPolicies() {
+		out = append(out, m.GetCluster())
+	}
+	return out
 }
 
 // rdsNames returns the route configuration names a listener's connection
