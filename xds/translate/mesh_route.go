@@ -149,7 +149,9 @@ func routeName(rt *policy.Route) string {
 // backend with header changes of its own. Resolution leaves no backend with
 // weight 0, so the total is positive, as both proxies require.
 func setDestination(action *routev3.RouteAction, backends []policy.Backend, perBackendHeaders bool) {
-	own := func(b policy.Backend) bool { return perBackendHeaders && (b.RequestHeaders != nil || b.ResponseHeaders != nil) }
+	own := func(b policy.Backend) bool {
+		return perBackendHeaders && (b.RequestHeaders != nil || b.ResponseHeaders != nil)
+	}
 	if len(backends) == 1 && !own(backends[0]) {
 		action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: ClusterName(backends[0].Service, backends[0].Port)}
 		return
