@@ -25,8 +25,7 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/cluster"
 
 	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
 	"github.com/fjordmesh/fjord/watcher/model"
@@ -64,9 +63,9 @@ type KubeOptions struct {
 	Log *slog.Logger
 }
 
-// KubeSource is the Kubernetes-mode Source. It runs a controller-runtime
-// manager whose informer caches hold Services, EndpointSlices, Pods,
-// Namespaces and ResiliencePolicies; every event triggers the coalescer,
+// KubeSource is the Kubernetes-mode Source. It runs controller-runtime
+// informer caches of Services, EndpointSlices, Pods, Namespaces and
+// ResiliencePolicies; every event triggers the coalescer,
 // and every build lists the caches into a fresh model snapshot. Nothing is
 // published before all caches have synced, so the proxies never see the
 // partial view of a control plane that is still starting, and a build
@@ -81,7 +80,7 @@ type KubeOptions struct {
 // The StatusWriter shares the source's caches, and writes only on the
 // leader.
 type KubeSource struct {
-	mgr               manager.Manager
+	cluster           cluster.Cluster
 	selector          labels.Selector
 	meshNS            string
 	holdOff, maxDelay time.Duration
@@ -111,13 +110,10 @@ func NewKubeSource(cfg *rest.Config, o KubeOptions) (*KubeSource, error) {
 	if err := fjordv1a1.AddToScheme(scheme); err != nil {
 		return nil, fmt.Errorf("%s scheme: %w", fjordv1a1.GroupVersion, err)
 	}
-	mgr, err := manager.New(cfg, manager.Options{
-		Scheme: scheme,
-		Logger: logr.FromSlogHandler(log.Handler()),
-		// The control plane serves its own metrics and health endpoints.
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Cache: cache.Options{
+	cl, err := cluster.New(cfg, func(o *cluster.Options) {
+		o.Scheme = scheme
+		o.Logger = logr.FromSlogHandler(log.With("component", "controller-runtime").Handler())
+		o.Cache = cache.Options{
 			// A read of a kind that is not watched is a bug here, not a
 			// reason to start a cluster-wide informer behind our back.
 			ReaderFailOnMissingInformer: true,
@@ -126,22 +122,22 @@ func NewKubeSource(cfg *rest.Config, o KubeOptions) (*KubeSource, error) {
 			ByObject: map[client.Object]cache.ByObject{
 				&corev1.Pod{}: {Transform: reducePod},
 			},
-		},
+		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("controller-runtime manager for %s: %w", cfg.Host, err)
+		return nil, fmt.Errorf("kubernetes client and caches for %s: %w", cfg.Host, err)
 	}
 	return &KubeSource{
-		mgr: mgr, selector: sel, meshNS: o.MeshNamespace,
+		cluster: cl, selector: sel, meshNS: o.MeshNamespace,
 		holdOff: o.HoldOff, maxDelay: o.MaxDelay, log: log,
 	}, nil
 }
 
 // Client reads from the source's caches and writes to the API server.
-func (s *KubeSource) Client() client.Client { return s.mgr.GetClient() }
+func (s *KubeSource) Client() client.Client { return s.cluster.GetClient() }
 
 // APIReader reads from the API server directly, bypassing the caches.
-func (s *KubeSource) APIReader() client.Reader { return s.mgr.GetAPIReader() }
+func (s *KubeSource) APIReader() client.Reader { return s.cluster.GetAPIReader() }
 
 // watched are the kinds the caches hold.
 func watched() []client.Object {
@@ -166,7 +162,7 @@ func (s *KubeSource) Run(ctx context.Context, publish func(*model.Snapshot)) err
 	co := NewCoalescer(b.build, CoalesceOptions{HoldOff: s.holdOff, MaxDelay: s.maxDelay})
 	defer co.Stop()
 	for _, obj := range watched() {
-		inf, err := s.mgr.GetCache().GetInformer(ctx, obj)
+		inf, err := s.cluster.GetCache().GetInformer(ctx, obj)
 		if err != nil {
 			return fmt.Errorf("watching %T: %w", obj, hintCRD(obj, err))
 		}
@@ -175,13 +171,18 @@ func (s *KubeSource) Run(ctx context.Context, publish func(*model.Snapshot)) err
 		}
 	}
 
+	// A controller-runtime Cluster, not a Manager: the control plane
+	// serves its own metrics and health endpoints, and a Manager stopped
+	// before its caches sync never returns from Start (it spins on its
+	// cancelled context), which would hang the shutdown of a control plane
+	// that lacks RBAC.
 	done := make(chan error, 1)
 	go func() {
-		done <- s.mgr.Start(ctx)
-		cancel() // a manager that fails also ends the wait for the caches
+		done <- s.cluster.Start(ctx)
+		cancel() // caches that fail also end the wait for them
 	}()
 	s.log.Info("kubernetes source: waiting for the caches to sync", "namespaceSelector", s.selector.String())
-	if s.mgr.GetCache().WaitForCacheSync(ctx) {
+	if s.cluster.GetCache().WaitForCacheSync(ctx) {
 		s.log.Info("kubernetes source: caches synced")
 		co.MarkSynced()
 		<-ctx.Done()
@@ -334,7 +335,7 @@ func (b *kubeBuild) build() {
 // the converters copy what they keep and nothing here writes to a cached
 // object.
 func (b *kubeBuild) snapshot() (*model.Snapshot, error) {
-	c, ctx, s := b.src.mgr.GetClient(), b.ctx, b.src
+	c, ctx, s := b.src.cluster.GetClient(), b.ctx, b.src
 	nocopy := client.UnsafeDisableDeepCopy
 
 	var nss corev1.NamespaceList

@@ -1,0 +1,458 @@
+package watcher
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
+	"github.com/fjordmesh/fjord/watcher/model"
+)
+
+// only reduces a snapshot to the objects of the given namespaces, so that
+// tests sharing one API server look only at their own.
+func only(s *model.Snapshot, namespaces ...string) *model.Snapshot {
+	in := func(k model.Key) bool { return slices.Contains(namespaces, k.Namespace) }
+	out := &model.Snapshot{}
+	for _, x := range s.Services {
+		if in(x.Key) {
+			out.Services = append(out.Services, x)
+		}
+	}
+	for _, x := range s.EndpointSlices {
+		if in(x.Key) {
+			out.EndpointSlices = append(out.EndpointSlices, x)
+		}
+	}
+	for _, x := range s.Policies {
+		if in(x.Key) {
+			out.Policies = append(out.Policies, x)
+		}
+	}
+	return out
+}
+
+// diffModel compares snapshots. Creation timestamps come from the API
+// server; TestKubeSourceFollowsChanges checks that they are there.
+func diffModel(want, got *model.Snapshot) string {
+	return cmp.Diff(want, got, cmpopts.EquateEmpty(), cmpopts.IgnoreFields(model.Policy{}, "CreationTimestamp"))
+}
+
+func service(ns, name string, ports ...corev1.ServicePort) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       corev1.ServiceSpec{Ports: ports},
+	}
+}
+
+func endpointSlice(ns, name, svc string, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+	return &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       ports,
+		Endpoints:   eps,
+	}
+}
+
+func endpoint(addr string, ready bool, pod string) discoveryv1.Endpoint {
+	e := discoveryv1.Endpoint{Addresses: []string{addr}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready)}}
+	if pod != "" {
+		e.TargetRef = &corev1.ObjectReference{Kind: "Pod", Name: pod}
+	}
+	return e
+}
+
+func pod(ns, name, sa string, labels map[string]string, owner *metav1.OwnerReference) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: sa,
+			Containers:         []corev1.Container{{Name: "app", Image: "registry.invalid/app"}},
+		},
+	}
+	if owner != nil {
+		p.OwnerReferences = []metav1.OwnerReference{*owner}
+	}
+	return p
+}
+
+func owner(apiVersion, kind, name string) *metav1.OwnerReference {
+	return &metav1.OwnerReference{APIVersion: apiVersion, Kind: kind, Name: name,
+		UID: types.UID("uid-" + name), Controller: ptr.To(true)}
+}
+
+func resiliencePolicy(ns, name string, spec fjordv1a1.ResiliencePolicySpec) *fjordv1a1.ResiliencePolicy {
+	return &fjordv1a1.ResiliencePolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: spec}
+}
+
+func timeoutSpec(request string, targets ...string) fjordv1a1.ResiliencePolicySpec {
+	s := fjordv1a1.ResiliencePolicySpec{Timeout: &fjordv1a1.Timeout{Request: ptr.To(fjordv1a1.Duration(request))}}
+	for _, t := range targets {
+		s.TargetRefs = append(s.TargetRefs, fjordv1a1.TargetRef{Kind: "Service", Name: t})
+	}
+	return s
+}
+
+func modelPolicy(ns, name string, gen int64, spec fjordv1a1.ResiliencePolicySpec) model.Policy {
+	return model.Policy{Key: model.Key{Namespace: ns, Name: name}, Generation: gen, Spec: spec}
+}
+
+// TestKubeSourceFollowsChanges creates, updates and deletes Services,
+// EndpointSlices, Pods and policies on a real API server and checks the
+// model the source publishes after each step.
+func TestKubeSourceFollowsChanges(t *testing.T) {
+	cfg, c := apiServer(t)
+	const ns = "follow"
+	createNamespace(t, c, ns, nil)
+	_, p := runSource(t, cfg, KubeOptions{})
+
+	mustCreate(t, c, service(ns, "echo",
+		corev1.ServicePort{Name: "grpc", Port: 8080, AppProtocol: ptr.To("grpc")},
+		corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}))
+	for _, x := range []*corev1.Pod{
+		pod(ns, "echo-5d8f9c7b6-x2k4p", "echo-sa", map[string]string{"pod-template-hash": "5d8f9c7b6"},
+			owner("apps/v1", "ReplicaSet", "echo-5d8f9c7b6")),
+		pod(ns, "db-0", "", nil, owner("apps/v1", "StatefulSet", "db")),
+		pod(ns, "lonely", "lonely-sa", nil, nil),
+	} {
+		mustCreate(t, c, x)
+	}
+	slice := endpointSlice(ns, "echo-1", "echo", []discoveryv1.EndpointPort{{Name: ptr.To("grpc"), Port: ptr.To[int32](9000)}},
+		endpoint("10.0.0.1", true, "echo-5d8f9c7b6-x2k4p"),
+		endpoint("10.0.0.2", false, "db-0"),
+		endpoint("10.0.0.3", true, "lonely"),
+		endpoint("10.0.0.4", true, "not-yet-seen"),
+		endpoint("10.0.0.5", true, ""))
+	mustCreate(t, c, slice)
+	// A slice the mesh cannot use (FQDN) is left out, not fatal.
+	fqdn := endpointSlice(ns, "echo-fqdn", "echo", nil, discoveryv1.Endpoint{Addresses: []string{"echo.example.com"}})
+	fqdn.AddressType = discoveryv1.AddressTypeFQDN
+	mustCreate(t, c, fqdn)
+	rp := resiliencePolicy(ns, "echo-timeout", timeoutSpec("5s", "echo"))
+	mustCreate(t, c, rp)
+
+	wantSvc := model.Service{Key: model.Key{Namespace: ns, Name: "echo"},
+		Ports: []model.ServicePort{{Name: "grpc", Port: 8080, AppProtocol: "grpc"}}}
+	wantSlice := model.EndpointSlice{Key: model.Key{Namespace: ns, Name: "echo-1"}, Service: "echo",
+		Ports: []model.EndpointPort{{Name: "grpc", Port: 9000}},
+		Endpoints: []model.Endpoint{
+			{Address: "10.0.0.1", Ready: true, Workload: "echo", ServiceAccount: "echo-sa"},
+			{Address: "10.0.0.2", Ready: false, Workload: "db", ServiceAccount: "default"},
+			{Address: "10.0.0.3", Ready: true, Workload: "lonely", ServiceAccount: "lonely-sa"},
+			{Address: "10.0.0.4", Ready: true, Workload: "not-yet-seen"},
+			{Address: "10.0.0.5", Ready: true},
+		}}
+	want := &model.Snapshot{
+		Services:       []model.Service{wantSvc},
+		EndpointSlices: []model.EndpointSlice{wantSlice},
+		Policies:       []model.Policy{modelPolicy(ns, "echo-timeout", 1, timeoutSpec("5s", "echo"))},
+	}
+	got := p.waitFor(t, want, ns)
+	for _, pol := range only(got, ns).Policies {
+		if pol.CreationTimestamp.IsZero() {
+			t.Errorf("policy %s: creationTimestamp not taken from the API server", pol.Key)
+		}
+	}
+
+	t.Run("update", func(t *testing.T) {
+		svc := &corev1.Service{}
+		if err := c.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "echo"}, svc); err != nil {
+			t.Fatal(err)
+		}
+		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: "http", Port: 8081})
+		if err := c.Update(t.Context(), svc); err != nil {
+			t.Fatalf("updating Service: %v", err)
+		}
+		if err := c.Get(t.Context(), client.ObjectKeyFromObject(slice), slice); err != nil {
+			t.Fatal(err)
+		}
+		slice.Endpoints[1].Conditions.Ready = ptr.To(true)
+		slice.Endpoints = slice.Endpoints[:4]
+		if err := c.Update(t.Context(), slice); err != nil {
+			t.Fatalf("updating EndpointSlice: %v", err)
+		}
+		if err := c.Get(t.Context(), client.ObjectKeyFromObject(rp), rp); err != nil {
+			t.Fatal(err)
+		}
+		rp.Spec = timeoutSpec("7s", "echo")
+		if err := c.Update(t.Context(), rp); err != nil {
+			t.Fatalf("updating ResiliencePolicy: %v", err)
+		}
+		// A pod that shows up after its endpoint gets its identity then.
+		mustCreate(t, c, pod(ns, "not-yet-seen", "late-sa", nil, owner("batch/v1", "Job", "migrate")))
+
+		svc2 := wantSvc
+		svc2.Ports = []model.ServicePort{{Name: "grpc", Port: 8080, AppProtocol: "grpc"}, {Name: "http", Port: 8081}}
+		slice2 := wantSlice
+		slice2.Endpoints = []model.Endpoint{
+			{Address: "10.0.0.1", Ready: true, Workload: "echo", ServiceAccount: "echo-sa"},
+			{Address: "10.0.0.2", Ready: true, Workload: "db", ServiceAccount: "default"},
+			{Address: "10.0.0.3", Ready: true, Workload: "lonely", ServiceAccount: "lonely-sa"},
+			{Address: "10.0.0.4", Ready: true, Workload: "migrate", ServiceAccount: "late-sa"},
+		}
+		p.waitFor(t, &model.Snapshot{
+			Services:       []model.Service{svc2},
+			EndpointSlices: []model.EndpointSlice{slice2},
+			Policies:       []model.Policy{modelPolicy(ns, "echo-timeout", 2, timeoutSpec("7s", "echo"))},
+		}, ns)
+	})
+
+	t.Run("delete", func(t *testing.T) {
+		for _, obj := range []client.Object{rp, slice, fqdn, service(ns, "echo")} {
+			if err := c.Delete(t.Context(), obj); err != nil {
+				t.Fatalf("deleting %T %s: %v", obj, obj.GetName(), err)
+			}
+		}
+		p.waitFor(t, &model.Snapshot{}, ns)
+	})
+}
+
+// TestKubeSourceFirstPublishIsComplete starts a source on a namespace that
+// already holds many objects: the first snapshot it publishes must hold all
+// of them, never the part the informers had listed so far.
+func TestKubeSourceFirstPublishIsComplete(t *testing.T) {
+	cfg, c := apiServer(t)
+	const ns = "bulk"
+	createNamespace(t, c, ns, nil)
+	want := &model.Snapshot{}
+	for i := range 40 {
+		name := fmt.Sprintf("svc-%02d", i)
+		mustCreate(t, c, service(ns, name, corev1.ServicePort{Name: "http", Port: 80}))
+		mustCreate(t, c, endpointSlice(ns, name+"-a", name, []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080)}},
+			endpoint(fmt.Sprintf("10.1.0.%d", i+1), true, "")))
+		want.Services = append(want.Services, model.Service{Key: model.Key{Namespace: ns, Name: name},
+			Ports: []model.ServicePort{{Name: "http", Port: 80}}})
+		want.EndpointSlices = append(want.EndpointSlices, model.EndpointSlice{Key: model.Key{Namespace: ns, Name: name + "-a"},
+			Service: name, Ports: []model.EndpointPort{{Name: "http", Port: 8080}},
+			Endpoints: []model.Endpoint{{Address: fmt.Sprintf("10.1.0.%d", i+1), Ready: true}}})
+		if i%4 == 0 {
+			mustCreate(t, c, resiliencePolicy(ns, name, timeoutSpec("3s", name)))
+			want.Policies = append(want.Policies, modelPolicy(ns, name, 1, timeoutSpec("3s", name)))
+		}
+	}
+
+	_, p := runSource(t, cfg, KubeOptions{})
+	p.waitFor(t, want, ns)
+	if diff := diffModel(want, only(p.all()[0], ns)); diff != "" {
+		t.Errorf("the first published snapshot is not the whole namespace (-want +got):\n%s", diff)
+	}
+}
+
+// TestKubeSourceNamespaceSelector checks which namespaces reach the model:
+// by default all but kube-system; with a selector, the matching ones,
+// following label changes; and always the policies of the mesh namespace.
+func TestKubeSourceNamespaceSelector(t *testing.T) {
+	cfg, c := apiServer(t)
+	const off = "fjord.dev/mesh"
+	createNamespace(t, c, "sel-in", nil)
+	createNamespace(t, c, "sel-out", map[string]string{off: "disabled"})
+	for _, ns := range []string{"sel-in", "sel-out", "kube-system"} {
+		svc := service(ns, "sel-svc", corev1.ServicePort{Port: 80})
+		mustCreate(t, c, svc)
+		t.Cleanup(func() { _ = c.Delete(t.Context(), svc) })
+	}
+	mustCreate(t, c, resiliencePolicy("sel-out", "defaults", timeoutSpec("9s")))
+	svc := func(ns string) model.Service {
+		return model.Service{Key: model.Key{Namespace: ns, Name: "sel-svc"}, Ports: []model.ServicePort{{Port: 80}}}
+	}
+	defaults := modelPolicy("sel-out", "defaults", 1, timeoutSpec("9s"))
+	all := []string{"sel-in", "sel-out", "kube-system"}
+
+	t.Run("default", func(t *testing.T) {
+		_, p := runSource(t, cfg, KubeOptions{})
+		p.waitFor(t, &model.Snapshot{
+			Services: []model.Service{svc("sel-in"), svc("sel-out")},
+			Policies: []model.Policy{defaults},
+		}, all...)
+	})
+
+	t.Run("selector", func(t *testing.T) {
+		// sel-out is excluded by label but is the mesh namespace here: its
+		// policies (the mesh-wide defaults) are read, its Services are not.
+		_, p := runSource(t, cfg, KubeOptions{
+			NamespaceSelector: off + "!=disabled," + DefaultNamespaceSelector,
+			MeshNamespace:     "sel-out",
+		})
+		p.waitFor(t, &model.Snapshot{Services: []model.Service{svc("sel-in")}, Policies: []model.Policy{defaults}}, all...)
+
+		setLabel := func(ns, value string) {
+			t.Helper()
+			n := &corev1.Namespace{}
+			if err := c.Get(t.Context(), client.ObjectKey{Name: ns}, n); err != nil {
+				t.Fatal(err)
+			}
+			n.Labels[off] = value
+			if err := c.Update(t.Context(), n); err != nil {
+				t.Fatalf("labelling namespace %s: %v", ns, err)
+			}
+		}
+		setLabel("sel-out", "enabled")
+		p.waitFor(t, &model.Snapshot{Services: []model.Service{svc("sel-in"), svc("sel-out")}, Policies: []model.Policy{defaults}}, all...)
+		setLabel("sel-in", "disabled")
+		p.waitFor(t, &model.Snapshot{Services: []model.Service{svc("sel-out")}, Policies: []model.Policy{defaults}}, all...)
+	})
+}
+
+func TestNewKubeSourceRejectsBadSelector(t *testing.T) {
+	_, err := NewKubeSource(nil, KubeOptions{NamespaceSelector: "a in (b"})
+	if err == nil || !strings.Contains(err.Error(), `namespace selector "a in (b"`) {
+		t.Fatalf("NewKubeSource with a broken selector: got error %v, want one naming the selector", err)
+	}
+}
+
+func TestPodIdentity(t *testing.T) {
+	hash := map[string]string{"pod-template-hash": "7f9c"}
+	cases := map[string]struct {
+		pod  *corev1.Pod
+		want identity
+	}{
+		"deployment": {
+			pod:  pod("ns", "web-7f9c-abcde", "web", hash, owner("apps/v1", "ReplicaSet", "web-7f9c")),
+			want: identity{workload: "web", serviceAccount: "web"},
+		},
+		"replicaset without the hash label": {
+			pod:  pod("ns", "web-7f9c-abcde", "web", nil, owner("apps/v1", "ReplicaSet", "web-7f9c")),
+			want: identity{workload: "web-7f9c", serviceAccount: "web"},
+		},
+		"replicaset whose name lacks the hash": {
+			pod:  pod("ns", "rs-abcde", "", hash, owner("apps/v1", "ReplicaSet", "rs")),
+			want: identity{workload: "rs", serviceAccount: "default"},
+		},
+		"statefulset": {
+			pod:  pod("ns", "db-0", "db", nil, owner("apps/v1", "StatefulSet", "db")),
+			want: identity{workload: "db", serviceAccount: "db"},
+		},
+		"someone else's ReplicaSet kind": {
+			pod:  pod("ns", "x-7f9c-1", "", hash, owner("example.com/v1", "ReplicaSet", "x-7f9c")),
+			want: identity{workload: "x-7f9c", serviceAccount: "default"},
+		},
+		"no controller": {
+			pod:  pod("ns", "debug", "ops", nil, nil),
+			want: identity{workload: "debug", serviceAccount: "ops"},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := podIdentity(tc.pod); got != tc.want {
+				t.Errorf("podIdentity = %+v, want %+v", got, tc.want)
+			}
+			reduced, err := reducePod(tc.pod)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := podIdentity(reduced.(*corev1.Pod)); got != tc.want {
+				t.Errorf("podIdentity of the cached (reduced) pod = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// generatedRBAC reads manifests/rbac/role.yaml: the ClusterRole and the
+// Role in the control plane's namespace.
+func generatedRBAC(t *testing.T) (*rbacv1.ClusterRole, *rbacv1.Role) {
+	t.Helper()
+	path := filepath.Join("..", "manifests", "rbac", "role.yaml")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("reading the generated RBAC (make rbac): %v", err)
+	}
+	var cr *rbacv1.ClusterRole
+	var r *rbacv1.Role
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var head metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		switch head.Kind {
+		case "ClusterRole":
+			cr = &rbacv1.ClusterRole{}
+			err = yaml.UnmarshalStrict([]byte(doc), cr)
+		case "Role":
+			r = &rbacv1.Role{}
+			err = yaml.UnmarshalStrict([]byte(doc), r)
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+	}
+	if cr == nil || r == nil || r.Namespace != meshNS {
+		t.Fatalf("%s: want a ClusterRole and a Role in %s, got %v and %v", path, meshNS, cr, r)
+	}
+	return cr, r
+}
+
+// addUser makes an API server user bound to nothing yet.
+func addUser(t *testing.T, name string) *envtest.AuthenticatedUser {
+	t.Helper()
+	u, err := shared.env.AddUser(envtest.User{Name: name}, nil)
+	if err != nil {
+		t.Fatalf("adding user %s: %v", name, err)
+	}
+	return u
+}
+
+func bindClusterRole(t *testing.T, c client.Client, user string, role *rbacv1.ClusterRole) {
+	t.Helper()
+	mustCreate(t, c, role)
+	mustCreate(t, c, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
+	})
+}
+
+func bindRole(t *testing.T, c client.Client, user string, role *rbacv1.Role) {
+	t.Helper()
+	mustCreate(t, c, role)
+	mustCreate(t, c, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: role.Namespace, Name: role.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
+	})
+}
+
+// TestKubeSourceStopsBeforeSync stops a source whose caches can never sync
+// (its user may read nothing): Run must return, not hang the shutdown.
+func TestKubeSourceStopsBeforeSync(t *testing.T) {
+	apiServer(t)
+	u := addUser(t, "fjord-cp-unbound")
+	log, logs := newTestLog(t)
+	src, err := NewKubeSource(u.Config(), KubeOptions{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	published := make(chan struct{}, 1)
+	go func() { done <- src.Run(ctx, func(*model.Snapshot) { published <- struct{}{} }) }()
+	logs.waitForN(t, 1, "list/watch failed", "forbidden")
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run after a cancel before sync: %v", err)
+		}
+	case <-time.After(waitCeiling):
+		t.Fatalf("Run did not return within %s of its context ending before the caches synced", waitCeiling)
+	}
+	if len(published) != 0 {
+		t.Error("a source that never synced published a snapshot")
+	}
+}
