@@ -373,21 +373,13 @@ func TestSigningSurvivesStorageFailure(t *testing.T) {
 	}
 }
 
-func TestReadStatus(t *testing.T) {
-	ctx := context.Background()
-	if _, err := ReadStatus(ctx, &memStorage{}, t0); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("ReadStatus on empty storage = %v, want ErrNotFound", err)
-	}
-	s := &memStorage{}
+func TestStatusDuringRotation(t *testing.T) {
 	clk := clocktesting.NewFakeClock(t0)
-	ca := newTestCA(t, s, clk, time.Hour)
-	if _, err := ca.Rotate(ctx); err != nil {
+	ca := newTestCA(t, &memStorage{}, clk, time.Hour)
+	if _, err := ca.Rotate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	st, err := ReadStatus(ctx, s, t0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := ca.Status()
 	if st.Phase != PhaseNewRootTrusted || len(st.Roots) != 2 || st.Roots[1].Role != "pending" ||
 		st.NextStep != StepSwitchSigner || !st.NextStepAt.Equal(st.Deadline) {
 		t.Errorf("status = %+v", st)

@@ -17,9 +17,13 @@ import (
 // one under 2 KiB.
 const MaxCSRSize = 8 << 10
 
-// ErrBadCSR is wrapped by every CSR refusal: the caller's mistake, not a
-// system fault.
-var ErrBadCSR = errors.New("bad CSR")
+// CSR refusals: the caller's mistake, not a system fault. Every refusal
+// wraps ErrBadCSR; one that asks for another identity also wraps
+// ErrWrongIdentity, which the certificate API reports as permission denied.
+var (
+	ErrBadCSR        = errors.New("bad CSR")
+	ErrWrongIdentity = errors.New("CSR asks for another identity")
+)
 
 // RSA key sizes accepted in CSRs. Below 2048 is weak; above 4096 only makes
 // every handshake with the workload slower, and verifying the CSR's own
@@ -73,7 +77,7 @@ func CheckCSR(csr *x509.CertificateRequest, want Identity) error {
 		return fmt.Errorf("%w: URI SAN: %w", ErrBadCSR, err)
 	}
 	if got != want {
-		return fmt.Errorf("%w: URI SAN %s is not the caller's identity %s", ErrBadCSR, got, want)
+		return fmt.Errorf("%w: %w: URI SAN %s is not the caller's identity %s", ErrBadCSR, ErrWrongIdentity, got, want)
 	}
 	return nil
 }

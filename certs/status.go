@@ -1,7 +1,6 @@
 package certs
 
 import (
-	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -40,20 +39,6 @@ type CertInfo struct {
 // Status reports the loaded state.
 func (ca *CA) Status() Status {
 	return statusOf(ca.view.Load().st, ca.opts.Clock.Now())
-}
-
-// ReadStatus reads the stored CA without creating one, for `fjordctl ca
-// status` on a data directory no control plane is using.
-func ReadStatus(ctx context.Context, s Storage, now time.Time) (Status, error) {
-	data, _, err := s.Load(ctx)
-	if err != nil {
-		return Status{}, err
-	}
-	st, err := decodeState(data)
-	if err != nil {
-		return Status{}, err
-	}
-	return statusOf(st, now), nil
 }
 
 func statusOf(st *state, now time.Time) Status {
