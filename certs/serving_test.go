@@ -90,7 +90,6 @@ func chainOf(c *tls.Certificate) []*x509.Certificate {
 	return out
 }
 
-
 func poolOf(certs []*x509.Certificate) *x509.CertPool {
 	p := x509.NewCertPool()
 	for _, c := range certs {
