@@ -118,8 +118,9 @@ func TestTruncate(t *testing.T) {
 // properties every output must have, whatever the input: it is
 // deterministic and order-independent, every policy gets exactly one status
 // with one well-formed condition per ancestor, only valid specs are used,
-// and every effective policy is valid apart from combinations that only
-// merging can produce.
+// every effective policy is valid apart from combinations that only
+// merging can produce, and routes resolve to well-formed statuses and
+// route lists (checkRoutes).
 func FuzzResolve(f *testing.F) {
 	ins, err := filepath.Glob("testdata/*.in.yaml")
 	if err != nil {
@@ -167,6 +168,7 @@ func FuzzResolve(f *testing.F) {
 				}
 			}
 		}
+		checkRoutes(t, snap, m)
 		for _, p := range m.Accepted {
 			if err := Validate(&p.Spec); err != nil {
 				t.Fatalf("%s is in Accepted but invalid: %v", p.Key, err)
@@ -252,7 +254,61 @@ func duplicateKeys(snap *model.Snapshot, last []model.Policy) bool {
 	for _, p := range last {
 		acc = append(acc, p.Key)
 	}
-	return dup(svc) || dup(eps) || dup(pol) || dup(acc)
+	routes := map[model.RouteKind][]model.Key{}
+	for _, r := range snap.Routes {
+		routes[r.Kind] = append(routes[r.Kind], r.Key)
+	}
+	return dup(svc) || dup(eps) || dup(pol) || dup(acc) || dup(routes[model.KindHTTPRoute]) || dup(routes[model.KindGRPCRoute])
+}
+
+// checkRoutes checks the properties every resolved route must have: each
+// route with a Service parent has a status whose parents carry Accepted and
+// ResolvedRefs for the route's generation, and every port with routes ends
+// with one that catches every request and sends only to Service ports that
+// exist.
+func checkRoutes(t *testing.T, snap *model.Snapshot, m *Mesh) {
+	t.Helper()
+	for _, st := range m.RouteStatuses {
+		if len(st.Parents) == 0 || len(st.Parents) > maxRouteParents {
+			t.Fatalf("%s %s: %d parents", st.Kind, st.Key, len(st.Parents))
+		}
+		for _, p := range st.Parents {
+			if len(p.Conditions) != 2 || p.Conditions[0].Type != "Accepted" || p.Conditions[1].Type != "ResolvedRefs" {
+				t.Fatalf("%s %s: conditions %+v", st.Kind, st.Key, p.Conditions)
+			}
+			for _, c := range p.Conditions {
+				if c.ObservedGeneration != st.Generation || c.Reason == "" || c.Message == "" || len(c.Message) > maxMessageLength {
+					t.Fatalf("%s %s: malformed condition %+v", st.Kind, st.Key, c)
+				}
+			}
+		}
+	}
+	ports := map[portKey]bool{}
+	for _, s := range snap.Services {
+		for _, p := range s.Ports {
+			ports[portKey{s.Key, p.Port}] = true
+		}
+	}
+	for _, s := range m.Services {
+		for _, p := range s.Ports {
+			if len(p.Routes) == 0 {
+				continue
+			}
+			if last := p.Routes[len(p.Routes)-1].Match; !last.CatchAll() {
+				t.Fatalf("%s port %d: the last route does not catch every request: %+v", s.Key, p.Port, last)
+			}
+			for _, rt := range p.Routes {
+				if len(rt.Backends) == 0 && rt.DirectStatus == 0 && rt.Redirect == nil {
+					t.Fatalf("%s port %d: route %+v does nothing", s.Key, p.Port, rt.From)
+				}
+				for _, b := range rt.Backends {
+					if !ports[portKey{b.Service, b.Port}] || b.Weight <= 0 {
+						t.Fatalf("%s port %d: route %+v sends to %s:%d weight %d", s.Key, p.Port, rt.From, b.Service, b.Port, b.Weight)
+					}
+				}
+			}
+		}
+	}
 }
 
 func mustYAML(t testing.TB, v any) string {
