@@ -44,7 +44,7 @@ func Matrix(name string) ([]RunSpec, error) {
 	switch name {
 	case "smoke":
 		return []RunSpec{{
-			Name: "smoke", Mesh: mesh(20, 3), Fleet: mixed(20), RampSteps: 2,
+			Name: "smoke", Mesh: MeshSpec{Services: 20, Endpoints: 3, Namespaces: 2, PolicyEvery: 10}, Fleet: mixed(20), RampSteps: 2,
 			CPArgs:        []string{"--debounce", "10ms", "--max-delay", "100ms"},
 			Scenarios:     AllScenarios(2, 1, 10, 0.5),
 			SettleSeconds: 0.3, ChangeTimeoutSeconds: 60, ReconnectMaxSeconds: 0.5,

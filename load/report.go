@@ -80,8 +80,8 @@ func WriteMarkdown(w io.Writer, rep *Report) {
 		}
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| run | proxies (envoy-like share, delta share) | ready s | RSS/proxy KB | heap/proxy KB | restart: stop s | listening s | reconnected s | converged s | shrinks | NACKs | stream errors | harness CPU s |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| run | proxies (envoy-like share, delta share) | load average (start; end) | ready s | RSS/proxy KB | heap/proxy KB | restart: stop s | listening s | reconnected s | converged s | shrinks | NACKs | stream errors | harness CPU s |")
+	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, run := range rep.Runs {
 		rs := "–"
 		for _, s := range run.Scenarios {
@@ -92,9 +92,9 @@ func WriteMarkdown(w io.Writer, rep *Report) {
 		if rs == "–" {
 			rs = "– | – | – | –"
 		}
-		fmt.Fprintf(w, "| %s | %d (%.0f%%, %.0f%%) | %.1f | %s | %s | %s | %d | %d | %d | %.1f |\n",
+		fmt.Fprintf(w, "| %s | %d (%.0f%%, %.0f%%) | %s; %s | %.1f | %s | %s | %s | %d | %d | %d | %.1f |\n",
 			run.Spec.Name, run.Spec.Fleet.Proxies, 100*run.Spec.Fleet.EnvoyFraction, 100*run.Spec.Fleet.DeltaFraction,
-			run.ReadySeconds, kb(run.RSSPerProxyBytes), kb(run.HeapPerProxyBytes), rs,
+			run.LoadAverage[0], run.LoadAverage[1], run.ReadySeconds, kb(run.RSSPerProxyBytes), kb(run.HeapPerProxyBytes), rs,
 			run.ShrinkCount, run.NACKs, run.StreamErrors, run.LoadCPUSeconds)
 	}
 	for _, run := range rep.Runs {

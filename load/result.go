@@ -14,6 +14,10 @@ type RunResult struct {
 	Spec     RunSpec   `json:"spec"`
 	Started  time.Time `json:"started"`
 	Finished time.Time `json:"finished"`
+	// LoadAverage is /proc/loadavg at the start and the end: on a shared
+	// machine other work inflates wall-clock latencies (CPU seconds are
+	// not affected).
+	LoadAverage [2]string `json:"loadAverage"`
 	// ReadySeconds is from starting the control plane to /readyz.
 	ReadySeconds float64 `json:"readySeconds"`
 	// PolicyProblems lists generated policies that were not Accepted.
@@ -49,8 +53,11 @@ type RampStep struct {
 	// its whole configuration; NotSynced counts those that never got it.
 	Sync      Dist `json:"sync"`
 	NotSynced int  `json:"notSynced"`
-	// Sample is the control plane after the batch settled.
+	// Sample is the control plane after the batch settled, and after a
+	// forced garbage collection if GCForced (possible when the control
+	// plane serves /debug/pprof).
 	Sample       Sample  `json:"sample"`
+	GCForced     bool    `json:"gcForced"`
 	LoadRSSBytes float64 `json:"loadRssBytes"`
 }
 

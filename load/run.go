@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -137,6 +138,7 @@ func Run(ctx context.Context, env Env, spec RunSpec) (*RunResult, error) {
 		log: env.Log.With("run", spec.Name),
 	}
 	r.loadCPU0, _ = procCPUSeconds(os.Getpid())
+	r.res.LoadAverage[0] = loadAverage()
 	if err := r.setUp(ctx); err != nil {
 		r.tearDown()
 		return nil, err
@@ -296,11 +298,12 @@ func (r *runner) tearDown() {
 // ramp connects the proxies in steps, waiting after each until every new
 // proxy holds its whole configuration, and samples memory.
 func (r *runner) ramp(ctx context.Context) error {
+	gc := r.forceGC(ctx)
 	s, err := r.cp.Sample(ctx)
 	if err != nil {
 		return err
 	}
-	r.res.Ramp = append(r.res.Ramp, RampStep{Sample: s, LoadRSSBytes: selfRSS()})
+	r.res.Ramp = append(r.res.Ramp, RampStep{Sample: s, LoadRSSBytes: selfRSS(), GCForced: gc})
 	clusters := make([]string, len(r.mesh.services))
 	for i, svc := range r.mesh.services {
 		clusters[i] = svc.cluster()
@@ -328,6 +331,7 @@ func (r *runner) ramp(ctx context.Context) error {
 		// Let the burst of initial pushes and their garbage settle before
 		// sampling memory.
 		time.Sleep(seconds(max(1, r.spec.SettleSeconds)))
+		step.GCForced = r.forceGC(ctx)
 		if step.Sample, err = r.cp.Sample(ctx); err != nil {
 			return err
 		}
@@ -338,6 +342,16 @@ func (r *runner) ramp(ctx context.Context) error {
 		r.profile(ctx, "heap", "heap-connected")
 	}
 	return nil
+}
+
+// forceGC makes the control plane collect its garbage, through pprof's
+// heap endpoint (gc=1), so that heap in use measures live memory rather
+// than how long ago the last collection ran. It reports whether it could.
+func (r *runner) forceGC(ctx context.Context) bool {
+	if r.cp.spec.PprofURL == "" {
+		return false
+	}
+	return r.cp.Profile(ctx, "heap?gc=1", os.DevNull) == nil
 }
 
 // waitChange waits until every affected proxy has the change, or deadline.
@@ -412,6 +426,17 @@ func (r *runner) finish() {
 		r.res.LoadCPUSeconds = cpu - r.loadCPU0
 	}
 	r.res.Finished = time.Now()
+	r.res.LoadAverage[1] = loadAverage()
+}
+
+// loadAverage is the first three fields of /proc/loadavg.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 func selfRSS() float64 {

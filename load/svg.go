@@ -31,8 +31,8 @@ type BarChart struct {
 }
 
 const (
-	svgW, svgH                   = 760, 440
-	padL, padR, padT, padB       = 70, 190, 40, 55
+	svgW, svgH                   = 900, 440
+	padL, padR, padT, padB       = 70, 300, 40, 55
 	plotW, plotH                 = svgW - padL - padR, svgH - padT - padB
 	fontAttrs                    = `font-family="sans-serif" font-size="12"`
 	gridColor, axisColor, txtCol = "#e0e0e0", "#444", "#222"
@@ -55,10 +55,12 @@ func niceTicks(lo, hi float64, n int) []float64 {
 		}
 	}
 	var out []float64
-	for v := math.Floor(lo/step) * step; v <= hi+step/2; v += step {
+	for v := math.Floor(lo/step) * step; ; v += step {
 		out = append(out, v)
+		if v >= hi-step*1e-9 {
+			return out
+		}
 	}
-	return out
 }
 
 func fmtTick(v float64) string {
