@@ -60,6 +60,8 @@ type proxy struct {
 	types   [numTypes]typeState
 	seen    uint32 // sweep generation, see applySotw
 	shrinks []Shrink
+	// nodeSent: the current stream has carried the node.
+	nodeSent bool
 
 	responses atomic.Int64 // responses received, all streams
 	bytes     atomic.Int64 // their serialised size
@@ -168,6 +170,7 @@ func (p *proxy) startStream() []typ {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.refresh()
+	p.nodeSent = false
 	var out []typ
 	for t := range numTypes {
 		ts := &p.types[t]
@@ -288,26 +291,11 @@ func (p *proxy) sotwSession(ctx context.Context, client discoveryv3.AggregatedDi
 		return false, err
 	}
 	p.streams.Add(1)
-	nodeSent := false
-	request := func(t typ) *discoveryv3.DiscoveryRequest {
-		ts := &p.types[t]
-		ts.requested = true
-		req := &discoveryv3.DiscoveryRequest{
-			TypeUrl:       typeURLs[t],
-			VersionInfo:   ts.version,
-			ResponseNonce: ts.nonce,
-			ResourceNames: ts.sortedNames(),
-		}
-		if !nodeSent || p.spec.Pattern == EnvoyLike {
-			req.Node, nodeSent = p.node, true
-		}
-		return req
-	}
 	initial := p.startStream()
 	var reqs []*discoveryv3.DiscoveryRequest
 	p.mu.Lock()
 	for _, t := range initial {
-		reqs = append(reqs, request(t))
+		reqs = append(reqs, p.sotwRequest(t))
 	}
 	p.mu.Unlock()
 	for _, r := range reqs {
@@ -325,7 +313,7 @@ func (p *proxy) sotwSession(ctx context.Context, client discoveryv3.AggregatedDi
 		now := time.Now()
 		p.count(resp)
 		p.mu.Lock()
-		reqs, done := p.applySotw(resp, now, request)
+		reqs, done := p.applySotw(resp, now)
 		p.mu.Unlock()
 		for _, r := range reqs {
 			if err := stream.Send(r); err != nil {
@@ -336,13 +324,41 @@ func (p *proxy) sotwSession(ctx context.Context, client discoveryv3.AggregatedDi
 	}
 }
 
+// sotwRequest is the state-of-the-world request for type t: the
+// subscription, with the version last accepted and the nonce last received.
+// Envoy-like proxies send their node every time, gRPC-like ones once per
+// stream. p.mu must be held.
+func (p *proxy) sotwRequest(t typ) *discoveryv3.DiscoveryRequest {
+	ts := &p.types[t]
+	ts.requested = true
+	req := &discoveryv3.DiscoveryRequest{
+		TypeUrl:       typeURLs[t],
+		VersionInfo:   ts.version,
+		ResponseNonce: ts.nonce,
+		ResourceNames: ts.sortedNames(),
+	}
+	if !p.nodeSent || p.spec.Pattern == EnvoyLike {
+		req.Node, p.nodeSent = p.node, true
+	}
+	return req
+}
+
+// withNode adds the node to a delta request if the proxy sends it. p.mu
+// must be held.
+func (p *proxy) withNode(r *discoveryv3.DeltaDiscoveryRequest) *discoveryv3.DeltaDiscoveryRequest {
+	if !p.nodeSent || p.spec.Pattern == EnvoyLike {
+		r.Node, p.nodeSent = p.node, true
+	}
+	return r
+}
+
 // applySotw applies a state-of-the-world response and returns the ACK (or
 // NACK) followed by any subscription changes, and the pending changes the
 // proxy now holds. Clusters and listeners are replaced as a whole (a
 // missing one is removed); load assignments and route configurations are
 // merged, since the protocol lets a server send only those that changed.
 // p.mu must be held.
-func (p *proxy) applySotw(resp *discoveryv3.DiscoveryResponse, now time.Time, request func(typ) *discoveryv3.DiscoveryRequest) ([]*discoveryv3.DiscoveryRequest, []*pendingChange) {
+func (p *proxy) applySotw(resp *discoveryv3.DiscoveryResponse, now time.Time) ([]*discoveryv3.DiscoveryRequest, []*pendingChange) {
 	t, ok := typeOf(resp.GetTypeUrl())
 	if !ok {
 		return []*discoveryv3.DiscoveryRequest{{
@@ -358,7 +374,7 @@ func (p *proxy) applySotw(resp *discoveryv3.DiscoveryResponse, now time.Time, re
 	if err != nil {
 		p.nacks.Add(1)
 		ts.nonce = resp.GetNonce()
-		nack := request(t)
+		nack := p.sotwRequest(t)
 		nack.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
 		return []*discoveryv3.DiscoveryRequest{nack}, nil
 	}
@@ -381,10 +397,10 @@ func (p *proxy) applySotw(resp *discoveryv3.DiscoveryResponse, now time.Time, re
 	}
 	p.shrunk(t, before, now)
 	ts.version, ts.nonce = resp.GetVersionInfo(), resp.GetNonce()
-	reqs := []*discoveryv3.DiscoveryRequest{request(t)}
+	reqs := []*discoveryv3.DiscoveryRequest{p.sotwRequest(t)}
 	for _, c := range p.refresh() {
 		if len(c.added) > 0 || p.types[c.t].requested {
-			reqs = append(reqs, request(c.t))
+			reqs = append(reqs, p.sotwRequest(c.t))
 		}
 	}
 	return reqs, p.fleet.tracker.holding(p)
@@ -399,13 +415,6 @@ func (p *proxy) deltaSession(ctx context.Context, client discoveryv3.AggregatedD
 		return false, err
 	}
 	p.streams.Add(1)
-	nodeSent := false
-	withNode := func(r *discoveryv3.DeltaDiscoveryRequest) *discoveryv3.DeltaDiscoveryRequest {
-		if !nodeSent || p.spec.Pattern == EnvoyLike {
-			r.Node, nodeSent = p.node, true
-		}
-		return r
-	}
 	initial := p.startStream()
 	var reqs []*discoveryv3.DeltaDiscoveryRequest
 	p.mu.Lock()
@@ -422,7 +431,7 @@ func (p *proxy) deltaSession(ctx context.Context, client discoveryv3.AggregatedD
 				r.InitialResourceVersions[n] = h.version
 			}
 		}
-		reqs = append(reqs, withNode(r))
+		reqs = append(reqs, p.withNode(r))
 	}
 	p.mu.Unlock()
 	for _, r := range reqs {
@@ -443,7 +452,7 @@ func (p *proxy) deltaSession(ctx context.Context, client discoveryv3.AggregatedD
 		reqs, done := p.applyDelta(resp, now)
 		p.mu.Unlock()
 		for _, r := range reqs {
-			if err := stream.Send(withNode(r)); err != nil {
+			if err := stream.Send(r); err != nil {
 				return got, err
 			}
 		}
@@ -455,7 +464,7 @@ func (p *proxy) deltaSession(ctx context.Context, client discoveryv3.AggregatedD
 // followed by any subscription changes, and the pending changes the proxy
 // now holds. p.mu must be held.
 func (p *proxy) applyDelta(resp *discoveryv3.DeltaDiscoveryResponse, now time.Time) ([]*discoveryv3.DeltaDiscoveryRequest, []*pendingChange) {
-	ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
+	ack := p.withNode(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
 	t, ok := typeOf(resp.GetTypeUrl())
 	if !ok {
 		return []*discoveryv3.DeltaDiscoveryRequest{ack}, nil
@@ -487,11 +496,11 @@ func (p *proxy) applyDelta(resp *discoveryv3.DeltaDiscoveryResponse, now time.Ti
 	p.shrunk(t, before, now)
 	reqs := []*discoveryv3.DeltaDiscoveryRequest{ack}
 	for _, c := range p.refresh() {
-		reqs = append(reqs, &discoveryv3.DeltaDiscoveryRequest{
+		reqs = append(reqs, p.withNode(&discoveryv3.DeltaDiscoveryRequest{
 			TypeUrl:                  typeURLs[c.t],
 			ResourceNamesSubscribe:   c.added,
 			ResourceNamesUnsubscribe: c.removed,
-		})
+		}))
 		p.types[c.t].requested = true
 	}
 	return reqs, p.fleet.tracker.holding(p)
