@@ -25,5 +25,6 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newVersion(), newBootstrap())
+	root.AddCommand(newAgent(), newToken(), newCA())
 	return root
 }
