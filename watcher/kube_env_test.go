@@ -174,12 +174,15 @@ func startReaper() error {
 	for _, pid := range children {
 		ids = append(ids, strconv.Itoa(pid))
 	}
+	// After the processes, their state: etcd's data and the API server's
+	// certificates.
+	dirs := []string{shared.env.ControlPlane.Etcd.DataDir, shared.env.ControlPlane.APIServer.CertDir}
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("envtest reaper: %w", err)
 	}
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), reaperEnv+"="+strings.Join(ids, ","))
+	cmd.Env = append(os.Environ(), reaperEnv+"="+strings.Join(ids, ",")+";"+strings.Join(dirs, ","))
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return fmt.Errorf("envtest reaper: %w", err)
@@ -217,15 +220,28 @@ func childPIDs() ([]int, error) {
 	return out, nil
 }
 
-// reap is the reaper's main: see startReaper.
-func reap(pgids string) int {
+// reap is the reaper's main: see startReaper. what is "PGID,...;DIR,...".
+func reap(what string) int {
 	msg, _ := io.ReadAll(os.Stdin)
 	if string(msg) == "done" {
 		return 0
 	}
+	pgids, dirs, _ := strings.Cut(what, ";")
 	for _, s := range strings.Split(pgids, ",") {
 		if pid, err := strconv.Atoi(s); err == nil {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	}
+	for _, d := range strings.Split(dirs, ",") {
+		if strings.HasPrefix(d, os.TempDir()) {
+			// Killed processes release their files at once; a retry
+			// covers a straggling write.
+			for range 3 {
+				if os.RemoveAll(d) == nil {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
 		}
 	}
 	return 0

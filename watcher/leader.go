@@ -128,12 +128,39 @@ func NewLeader(cfg *rest.Config, o LeaderOptions) (*Leader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("leader election: client for %s: %w", cfg.Host, err)
 	}
-	return &Leader{
+	l := &Leader{
 		clients: cs, ns: o.Namespace, name: o.Name, id: o.Identity,
 		lease: o.LeaseDuration, renew: o.RenewDeadline, retry: o.RetryPeriod,
 		log:     o.Log.With("lease", o.Namespace+"/"+o.Name, "identity", o.Identity),
 		changed: make(chan struct{}),
-	}, nil
+	}
+	// Timings that cannot work (a renew deadline longer than the lease)
+	// fail here, at startup, rather than in Run.
+	if _, err := leaderelection.NewLeaderElector(l.election(nil)); err != nil {
+		return nil, fmt.Errorf("leader election on lease %s/%s: %w", l.ns, l.name, err)
+	}
+	return l, nil
+}
+
+// election is the configuration of one campaign.
+func (l *Leader) election(events resourcelock.EventRecorder) leaderelection.LeaderElectionConfig {
+	return leaderelection.LeaderElectionConfig{
+		Lock: &resourcelock.LeaseLock{
+			LeaseMeta:  metav1.ObjectMeta{Namespace: l.ns, Name: l.name},
+			Client:     l.clients.CoordinationV1(),
+			LockConfig: resourcelock.ResourceLockConfig{Identity: l.id, EventRecorder: events},
+		},
+		LeaseDuration:   l.lease,
+		RenewDeadline:   l.renew,
+		RetryPeriod:     l.retry,
+		ReleaseOnCancel: true,
+		Name:            l.name,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: l.started,
+			OnStoppedLeading: func() {},
+			OnNewLeader:      l.newLeader,
+		},
+	}
 }
 
 // Identity is this replica's name in the Lease.
@@ -141,8 +168,9 @@ func (l *Leader) Identity() string { return l.id }
 
 // Run takes part in the election until ctx ends. When ctx ends while this
 // replica leads, the Lease is released so that another replica takes over
-// at once instead of after the lease duration. It returns an error only for
-// an impossible configuration.
+// at once instead of after the lease duration. A lost Lease (the API
+// server unreachable past the renew deadline, say) ends the term, and Run
+// campaigns again.
 func (l *Leader) Run(ctx context.Context) error {
 	events := record.NewBroadcaster(record.WithContext(ctx))
 	defer events.Shutdown()
@@ -150,23 +178,7 @@ func (l *Leader) Run(ctx context.Context) error {
 	recorder := events.NewRecorder(clientgoscheme.Scheme, corev1.EventSource{Component: DefaultLeaseName})
 
 	for {
-		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-			Lock: &resourcelock.LeaseLock{
-				LeaseMeta:  metav1.ObjectMeta{Namespace: l.ns, Name: l.name},
-				Client:     l.clients.CoordinationV1(),
-				LockConfig: resourcelock.ResourceLockConfig{Identity: l.id, EventRecorder: recorder},
-			},
-			LeaseDuration:   l.lease,
-			RenewDeadline:   l.renew,
-			RetryPeriod:     l.retry,
-			ReleaseOnCancel: true,
-			Name:            l.name,
-			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: l.started,
-				OnStoppedLeading: func() {},
-				OnNewLeader:      l.newLeader,
-			},
-		})
+		le, err := leaderelection.NewLeaderElector(l.election(recorder))
 		if err != nil {
 			return fmt.Errorf("leader election on lease %s/%s: %w", l.ns, l.name, err)
 		}

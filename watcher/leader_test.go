@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -353,4 +354,33 @@ func TestGeneratedRBAC(t *testing.T) {
 		}
 		return false, fmt.Sprintf("%d events in %s, none for lease %s", len(evs.Items), meshNS, lease)
 	})
+}
+
+func TestNewLeaderRejectsImpossibleSettings(t *testing.T) {
+	cfg := &rest.Config{Host: "https://127.0.0.1:1"} // never dialled
+	cases := map[string]struct {
+		opts LeaderOptions
+		want string
+	}{
+		"no namespace": {
+			opts: LeaderOptions{},
+			want: "namespace: required",
+		},
+		"renew deadline beyond the lease": {
+			opts: LeaderOptions{Namespace: meshNS, LeaseDuration: 5 * time.Second, RenewDeadline: 10 * time.Second},
+			want: "leaseDuration must be greater than renewDeadline",
+		},
+		"retry period beyond the renew deadline": {
+			opts: LeaderOptions{Namespace: meshNS, RetryPeriod: 20 * time.Second},
+			want: "renewDeadline must be greater than retryPeriod",
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := NewLeader(cfg, tc.opts)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("NewLeader: got error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
 }

@@ -99,13 +99,14 @@ func (w *StatusWriter) latest() []policy.Status {
 // (the previous leader may have stopped half way); a failed write is
 // retried with backoff until it succeeds or newer statuses replace it.
 func (w *StatusWriter) Run(ctx context.Context) error {
-	for {
+	for ctx.Err() == nil {
 		term, err := w.leader.Await(ctx)
 		if err != nil {
 			return nil // ctx ended
 		}
 		w.serveTerm(ctx, term)
 	}
+	return nil
 }
 
 // serveTerm writes while term lasts. Writes run under a context that ends
@@ -202,6 +203,7 @@ func (w *StatusWriter) writeOne(ctx context.Context, st policy.Status) (bool, er
 		if err := w.client.Status().Update(ctx, &cur, client.FieldOwner(w.owner)); err != nil {
 			return err
 		}
+		w.log.Debug("policy status: written", "policy", st.Key.String(), "generation", st.Generation)
 		wrote = true
 		return nil
 	})
