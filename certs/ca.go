@@ -205,9 +205,29 @@ func (ca *CA) Sign(csr *x509.CertificateRequest, id Identity, ttl time.Duration)
 	if err := id.Validate(); err != nil {
 		return nil, err
 	}
-	return ca.sign(csr, ttl, func(t *x509.Certificate) {
-		t.URIs = []*url.URL{id.URL()}
-	})
+	signer := ca.view.Load().st.Active
+	if !fastSigner(signer.SignerKey.Signer()) {
+		return ca.sign(csr, ttl, func(t *x509.Certificate) {
+			t.URIs = []*url.URL{id.URL()}
+		})
+	}
+	if ttl <= 0 || ttl > ca.opts.LeafTTL {
+		ttl = ca.opts.LeafTTL
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	nb, na := validity(ca.opts.Clock.Now(), ttl, signer.Signer.NotAfter)
+	der, err := encodeLeaf(serial, nb, na, csr.PublicKey, id.URL(), signer.Signer, signer.SignerKey.Signer())
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parsing signed leaf: %w", err)
+	}
+	return []*x509.Certificate{leaf, signer.Signer}, nil
 }
 
 // SignServing issues the control plane's own serving certificate: id's URI
