@@ -60,8 +60,9 @@ func HashToken(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// MintToken makes a random token for sa valid for ttl and stores its hash.
-// The token itself is returned once and kept nowhere.
+// MintToken makes a random token for sa valid for ttl and stores its hash,
+// after removing expired records. The token itself is returned once and
+// kept nowhere.
 func MintToken(ctx context.Context, s TokenStore, sa ServiceAccount, ttl time.Duration, now time.Time) (string, TokenRecord, error) {
 	if err := sa.Validate(); err != nil {
 		return "", TokenRecord{}, err
@@ -72,6 +73,10 @@ func MintToken(ctx context.Context, s TokenStore, sa ServiceAccount, ttl time.Du
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", TokenRecord{}, fmt.Errorf("token: %w", err)
+	}
+	// Minting is rare, so it is where expired records are swept.
+	if _, err := s.PruneTokens(ctx, now); err != nil {
+		return "", TokenRecord{}, fmt.Errorf("pruning expired tokens: %w", err)
 	}
 	token := tokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
 	rec := TokenRecord{ServiceAccount: sa, Created: now.UTC().Truncate(time.Second), Expires: now.Add(ttl).UTC().Truncate(time.Second)}
