@@ -160,6 +160,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		}
 		if err := a.renew(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopping, not failing
+			}
 			retry = Backoff(retry, a.cfg.RetryMin, a.cfg.RetryMax)
 			attrs := []any{"identity", a.cfg.Identity.String(), "error", err, "retry_in", retry}
 			if c := a.Current(); c != nil {
