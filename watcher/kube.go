@@ -20,12 +20,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/cluster"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
 	"github.com/fjordmesh/fjord/watcher/model"
@@ -37,6 +39,7 @@ import (
 // +kubebuilder:rbac:groups="",resources=services;pods;namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
 // +kubebuilder:rbac:groups=fjord.dev,resources=resiliencepolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=httproutes;grpcroutes,verbs=get;list;watch
 
 // DefaultNamespaceSelector selects every namespace but kube-system, whose
 // Services are the cluster's own plumbing rather than meshed workloads. It
@@ -48,9 +51,8 @@ const DefaultNamespaceSelector = corev1.LabelMetadataName + "!=kube-system"
 // KubeOptions configures a KubeSource. Zero values take the defaults.
 type KubeOptions struct {
 	// NamespaceSelector is a label selector over namespaces (the
-	// --namespace-selector flag): only the Services, EndpointSlices, Pods
-	// and ResiliencePolicies of matching namespaces reach the model. Empty
-	// means DefaultNamespaceSelector.
+	// --namespace-selector flag): only the objects of matching namespaces
+	// reach the model. Empty means DefaultNamespaceSelector.
 	NamespaceSelector string
 	// MeshNamespace is the control plane's own namespace. Its
 	// ResiliencePolicies are read whatever NamespaceSelector says, because
@@ -64,8 +66,9 @@ type KubeOptions struct {
 }
 
 // KubeSource is the Kubernetes-mode Source. It runs controller-runtime
-// informer caches of Services, EndpointSlices, Pods, Namespaces and
-// ResiliencePolicies; every event triggers the coalescer,
+// informer caches of Services, EndpointSlices, Pods, Namespaces,
+// ResiliencePolicies and, when Gateway API is installed, HTTPRoutes and
+// GRPCRoutes; every event triggers the coalescer,
 // and every build lists the caches into a fresh model snapshot. Nothing is
 // published before all caches have synced, so the proxies never see the
 // partial view of a control plane that is still starting, and a build
@@ -110,6 +113,9 @@ func NewKubeSource(cfg *rest.Config, o KubeOptions) (*KubeSource, error) {
 	if err := fjordv1a1.AddToScheme(scheme); err != nil {
 		return nil, fmt.Errorf("%s scheme: %w", fjordv1a1.GroupVersion, err)
 	}
+	if err := gatewayv1.Install(scheme); err != nil {
+		return nil, fmt.Errorf("%s scheme: %w", gatewayv1.GroupVersion, err)
+	}
 	cl, err := cluster.New(cfg, func(o *cluster.Options) {
 		o.Scheme = scheme
 		o.Logger = logr.FromSlogHandler(log.With("component", "controller-runtime").Handler())
@@ -139,12 +145,39 @@ func (s *KubeSource) Client() client.Client { return s.cluster.GetClient() }
 // APIReader reads from the API server directly, bypassing the caches.
 func (s *KubeSource) APIReader() client.Reader { return s.cluster.GetAPIReader() }
 
-// watched are the kinds the caches hold.
-func watched() []client.Object {
+// required are the kinds the caches must hold.
+func required() []client.Object {
 	return []client.Object{
 		&corev1.Namespace{}, &corev1.Service{}, &corev1.Pod{},
 		&discoveryv1.EndpointSlice{}, &fjordv1a1.ResiliencePolicy{},
 	}
+}
+
+// routeKinds are the Gateway API kinds the mesh reads when the cluster has
+// their CRDs: a cluster without Gateway API still gets a working mesh,
+// without routes.
+var routeKinds = map[model.RouteKind]client.Object{
+	model.KindHTTPRoute: &gatewayv1.HTTPRoute{},
+	model.KindGRPCRoute: &gatewayv1.GRPCRoute{},
+}
+
+// installedRoutes returns the route kinds whose v1 CRDs are installed.
+func (s *KubeSource) installedRoutes() (map[model.RouteKind]bool, error) {
+	out := map[model.RouteKind]bool{}
+	for kind := range routeKinds {
+		gk := schema.GroupKind{Group: gatewayv1.GroupName, Kind: string(kind)}
+		_, err := s.cluster.GetRESTMapper().RESTMapping(gk, gatewayv1.GroupVersion.Version)
+		switch {
+		case err == nil:
+			out[kind] = true
+		case meta.IsNoMatchError(err):
+			s.log.Info("kubernetes source: Gateway API CRD not installed, its routes are not read; restart after installing it",
+				"kind", kind, "apiVersion", gatewayv1.GroupVersion.String())
+		default:
+			return nil, fmt.Errorf("looking up %s %s: %w", gatewayv1.GroupVersion, kind, err)
+		}
+	}
+	return out, nil
 }
 
 // Run implements Source. It may be called once. It returns an error at once
@@ -158,10 +191,18 @@ func (s *KubeSource) Run(ctx context.Context, publish func(*model.Snapshot)) err
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	b := &kubeBuild{src: s, ctx: ctx, publish: publish, reported: map[model.Key]string{}}
+	routes, err := s.installedRoutes()
+	if err != nil {
+		return fmt.Errorf("kubernetes source: %w", err)
+	}
+	b := &kubeBuild{src: s, ctx: ctx, publish: publish, routes: routes, reported: map[model.Key]string{}}
 	co := NewCoalescer(b.build, CoalesceOptions{HoldOff: s.holdOff, MaxDelay: s.maxDelay})
 	defer co.Stop()
-	for _, obj := range watched() {
+	watched := required()
+	for kind := range routes {
+		watched = append(watched, routeKinds[kind])
+	}
+	for _, obj := range watched {
 		inf, err := s.cluster.GetCache().GetInformer(ctx, obj)
 		if err != nil {
 			return fmt.Errorf("watching %T: %w", obj, hintCRD(obj, err))
@@ -245,8 +286,8 @@ func relevantUpdate(oldObj, newObj any) bool {
 		return false
 	}
 	switch n := n.(type) {
-	case *fjordv1a1.ResiliencePolicy:
-		return o.GetGeneration() != n.Generation
+	case *fjordv1a1.ResiliencePolicy, *gatewayv1.HTTPRoute, *gatewayv1.GRPCRoute:
+		return o.GetGeneration() != n.GetGeneration()
 	case *corev1.Pod:
 		return podIdentity(o.(*corev1.Pod)) != podIdentity(n)
 	case *corev1.Service:
@@ -311,6 +352,7 @@ type kubeBuild struct {
 	ctx       context.Context
 	publish   func(*model.Snapshot)
 	published *model.Snapshot
+	routes    map[model.RouteKind]bool // the route kinds watched
 	// reported remembers, per EndpointSlice, the resourceVersion whose
 	// conversion error was last logged, so a bad slice is logged once.
 	reported map[model.Key]string
@@ -408,8 +450,40 @@ func (b *kubeBuild) snapshot() (*model.Snapshot, error) {
 			snap.Policies = append(snap.Policies, PolicyFromK8s(p))
 		}
 	}
+	if err := b.listRoutes(snap, selected); err != nil {
+		return nil, err
+	}
 	snap.Sort()
 	return snap, nil
+}
+
+// listRoutes adds the HTTPRoutes and GRPCRoutes of the selected namespaces.
+func (b *kubeBuild) listRoutes(snap *model.Snapshot, selected map[string]bool) error {
+	c, ctx, nocopy := b.src.cluster.GetClient(), b.ctx, client.UnsafeDisableDeepCopy
+	snap.Routes = []model.Route{}
+	if b.routes[model.KindHTTPRoute] {
+		var rs gatewayv1.HTTPRouteList
+		if err := c.List(ctx, &rs, nocopy); err != nil {
+			return fmt.Errorf("listing httproutes: %w", err)
+		}
+		for i := range rs.Items {
+			if selected[rs.Items[i].Namespace] {
+				snap.Routes = append(snap.Routes, HTTPRouteFromK8s(&rs.Items[i]))
+			}
+		}
+	}
+	if b.routes[model.KindGRPCRoute] {
+		var rs gatewayv1.GRPCRouteList
+		if err := c.List(ctx, &rs, nocopy); err != nil {
+			return fmt.Errorf("listing grpcroutes: %w", err)
+		}
+		for i := range rs.Items {
+			if selected[rs.Items[i].Namespace] {
+				snap.Routes = append(snap.Routes, GRPCRouteFromK8s(&rs.Items[i]))
+			}
+		}
+	}
+	return nil
 }
 
 // endpointSlice converts one slice and names the pod behind each endpoint.

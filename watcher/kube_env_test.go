@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
 	"github.com/fjordmesh/fjord/watcher/model"
@@ -104,8 +105,12 @@ func startAPIServer() error {
 		}
 	}
 	crds := filepath.Join("..", "manifests", "crd")
+	routes, err := gatewayRouteCRDs()
+	if err != nil {
+		return err
+	}
 	shared.env = &envtest.Environment{
-		CRDDirectoryPaths:     []string{crds},
+		CRDDirectoryPaths:     append([]string{crds}, routes...),
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,
 		// Ceilings, not expectations: on a busy two-core machine the API
@@ -125,7 +130,7 @@ func startAPIServer() error {
 		return errors.Join(err, shared.env.Stop())
 	}
 	scheme := runtime.NewScheme()
-	if err := errors.Join(clientgoscheme.AddToScheme(scheme), fjordv1a1.AddToScheme(scheme)); err != nil {
+	if err := errors.Join(clientgoscheme.AddToScheme(scheme), fjordv1a1.AddToScheme(scheme), gatewayv1.Install(scheme)); err != nil {
 		return err
 	}
 	if shared.admin, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
@@ -136,6 +141,27 @@ func startAPIServer() error {
 		return fmt.Errorf("creating namespace %s: %w", meshNS, err)
 	}
 	return nil
+}
+
+// gatewayRouteCRDs are the HTTPRoute and GRPCRoute CRDs of the Gateway API
+// version go.mod pins (the one the converters are written against), from
+// the module cache.
+func gatewayRouteCRDs() ([]string, error) {
+	const mod = "sigs.k8s.io/gateway-api"
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", mod).Output()
+	dir := strings.TrimSpace(string(out))
+	if err != nil || dir == "" {
+		return nil, fmt.Errorf("locating %s in the module cache for its CRDs (go list -m %s): %v", mod, mod, err)
+	}
+	var files []string
+	for _, kind := range []string{"httproutes", "grpcroutes"} {
+		f := filepath.Join(dir, "config", "crd", "standard", "gateway.networking.k8s.io_"+kind+".yaml")
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("Gateway API CRD: %w", err)
+		}
+		files = append(files, f)
+	}
+	return files, nil
 }
 
 func stopAPIServer() error {

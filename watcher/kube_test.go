@@ -20,6 +20,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
 	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
@@ -44,6 +45,11 @@ func only(s *model.Snapshot, namespaces ...string) *model.Snapshot {
 	for _, x := range s.Policies {
 		if in(x.Key) {
 			out.Policies = append(out.Policies, x)
+		}
+	}
+	for _, x := range s.Routes {
+		if in(x.Key) {
+			out.Routes = append(out.Routes, x)
 		}
 	}
 	return out
@@ -458,5 +464,72 @@ func TestKubeSourceStopsBeforeSync(t *testing.T) {
 	}
 	if len(published) != 0 {
 		t.Error("a source that never synced published a snapshot")
+	}
+}
+
+func httpRoute(ns, name string, parent string, backends ...string) *gatewayv1.HTTPRoute {
+	r := &gatewayv1.HTTPRoute{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	r.Spec.ParentRefs = []gatewayv1.ParentReference{{
+		Group: ptr.To(gatewayv1.Group("")), Kind: ptr.To(gatewayv1.Kind("Service")), Name: gatewayv1.ObjectName(parent),
+	}}
+	rule := gatewayv1.HTTPRouteRule{}
+	for _, b := range backends {
+		rule.BackendRefs = append(rule.BackendRefs, gatewayv1.HTTPBackendRef{BackendRef: gatewayv1.BackendRef{
+			BackendObjectReference: gatewayv1.BackendObjectReference{Name: gatewayv1.ObjectName(b), Port: ptr.To(gatewayv1.PortNumber(80))},
+		}})
+	}
+	r.Spec.Rules = []gatewayv1.HTTPRouteRule{rule}
+	return r
+}
+
+func grpcRoute(ns, name string, parent string) *gatewayv1.GRPCRoute {
+	r := &gatewayv1.GRPCRoute{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	r.Spec.ParentRefs = []gatewayv1.ParentReference{{
+		Group: ptr.To(gatewayv1.Group("")), Kind: ptr.To(gatewayv1.Kind("Service")), Name: gatewayv1.ObjectName(parent),
+	}}
+	r.Spec.Rules = []gatewayv1.GRPCRouteRule{{
+		Matches: []gatewayv1.GRPCRouteMatch{{Method: &gatewayv1.GRPCMethodMatch{Service: ptr.To("echo.Echo")}}},
+		BackendRefs: []gatewayv1.GRPCBackendRef{{BackendRef: gatewayv1.BackendRef{
+			BackendObjectReference: gatewayv1.BackendObjectReference{Name: gatewayv1.ObjectName(parent), Port: ptr.To(gatewayv1.PortNumber(80))},
+		}}},
+	}}
+	return r
+}
+
+// TestKubeSourceRoutes follows HTTPRoutes and GRPCRoutes into the model.
+// The expected routes are the converters' output for the objects as the
+// API server stored them (with the CRDs' defaults), which the converters'
+// own tests pin down; this test is about the source listing them.
+func TestKubeSourceRoutes(t *testing.T) {
+	cfg, c := apiServer(t)
+	const ns = "routes"
+	createNamespace(t, c, ns, nil)
+	mustCreate(t, c, service(ns, "echo", corev1.ServicePort{Port: 80}))
+	mustCreate(t, c, service(ns, "echo-v2", corev1.ServicePort{Port: 80}))
+	hr := httpRoute(ns, "split", "echo", "echo")
+	gr := grpcRoute(ns, "by-method", "echo")
+	mustCreate(t, c, hr)
+	mustCreate(t, c, gr)
+	_, p := runSource(t, cfg, KubeOptions{})
+
+	svcs := []model.Service{
+		{Key: model.Key{Namespace: ns, Name: "echo"}, Ports: []model.ServicePort{{Port: 80}}},
+		{Key: model.Key{Namespace: ns, Name: "echo-v2"}, Ports: []model.ServicePort{{Port: 80}}},
+	}
+	got := p.waitFor(t, &model.Snapshot{Services: svcs, Routes: []model.Route{GRPCRouteFromK8s(gr), HTTPRouteFromK8s(hr)}}, ns)
+	if rs := only(got, ns).Routes; len(rs) != 2 || len(rs[1].Rules) != 1 || len(rs[1].Rules[0].BackendRefs) != 1 {
+		t.Fatalf("routes in the model: %+v", rs)
+	}
+
+	hr.Spec.Rules[0].BackendRefs = append(hr.Spec.Rules[0].BackendRefs, httpRoute(ns, "", "", "echo-v2").Spec.Rules[0].BackendRefs...)
+	if err := c.Update(t.Context(), hr); err != nil {
+		t.Fatalf("updating HTTPRoute: %v", err)
+	}
+	if err := c.Delete(t.Context(), gr); err != nil {
+		t.Fatalf("deleting GRPCRoute: %v", err)
+	}
+	got = p.waitFor(t, &model.Snapshot{Services: svcs, Routes: []model.Route{HTTPRouteFromK8s(hr)}}, ns)
+	if r := only(got, ns).Routes[0]; r.Generation != 2 || len(r.Rules[0].BackendRefs) != 2 {
+		t.Errorf("updated route in the model: generation %d, backends %+v; want generation 2 and two backends", r.Generation, r.Rules[0].BackendRefs)
 	}
 }

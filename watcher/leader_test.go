@@ -56,7 +56,8 @@ func startReplica(t *testing.T, cfg *rest.Config, identity, lease, ns string) *r
 	var writer atomic.Pointer[StatusWriter]
 	r.src, r.pub = runSource(t, cfg, KubeOptions{NamespaceSelector: corev1.LabelMetadataName + "=" + ns, Log: log},
 		func(s *model.Snapshot) {
-			writer.Load().Update(policy.Resolve(s, policy.Options{MeshNamespace: meshNS}).Statuses)
+			m := policy.Resolve(s, policy.Options{MeshNamespace: meshNS})
+			writer.Load().Update(m.Statuses, m.RouteStatuses)
 		})
 	r.writer = NewStatusWriter(r.src, r.leader, log)
 	r.writer.owner = identity
@@ -326,7 +327,8 @@ func TestGeneratedRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := NewStatusWriter(src, leader, log)
-	w.Update(policy.Resolve(pub.all()[len(pub.all())-1], policy.Options{MeshNamespace: meshNS}).Statuses)
+	m := policy.Resolve(pub.all()[len(pub.all())-1], policy.Options{MeshNamespace: meshNS})
+	w.Update(m.Statuses, m.RouteStatuses)
 	ctx, cancel := context.WithCancel(context.Background())
 	leaderDone, writerDone := make(chan error, 1), make(chan error, 1)
 	go func() { leaderDone <- leader.Run(ctx) }()

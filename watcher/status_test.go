@@ -3,6 +3,8 @@ package watcher
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,7 +13,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/fjordmesh/fjord/policy"
 	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
@@ -266,5 +270,97 @@ func TestStatusWriterOnlyWhenLeading(t *testing.T) {
 	}
 	if rv := getPolicy(t, c, ns, name).ResourceVersion; rv != before {
 		t.Errorf("resourceVersion went from %s to %s on a replica that does not lead", before, rv)
+	}
+}
+
+// TestStatusWriterRoutes writes route status: the parents to Services as
+// resolution gives them, next to a Gateway parent another controller
+// wrote; written once, then not again while nothing changes.
+func TestStatusWriterRoutes(t *testing.T) {
+	cfg, c := apiServer(t)
+	const ns = "route-status"
+	createNamespace(t, c, ns, nil)
+	mustCreate(t, c, service(ns, "echo", corev1.ServicePort{Port: 80}))
+	hr := httpRoute(ns, "split", "echo", "echo")
+	gr := grpcRoute(ns, "by-method", "echo")
+	mustCreate(t, c, hr)
+	mustCreate(t, c, gr)
+	src, _ := runSource(t, cfg, KubeOptions{NamespaceSelector: corev1.LabelMetadataName + "=" + ns})
+
+	theirs := gatewayv1.RouteParentStatus{
+		ParentRef: gatewayv1.ParentReference{ // as the CRD's defaults store it
+			Group: ptr.To(gatewayv1.Group(gatewayv1.GroupName)), Kind: ptr.To(gatewayv1.Kind("Gateway")), Name: "edge",
+		},
+		ControllerName: "example.com/gateway",
+		Conditions: []metav1.Condition{{Type: "Accepted", Status: metav1.ConditionTrue, Reason: "Accepted",
+			Message: "by the gateway", ObservedGeneration: 1, LastTransitionTime: metav1.NewTime(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC))}},
+	}
+	hr.Status.Parents = []gatewayv1.RouteParentStatus{theirs}
+	if err := c.Status().Update(t.Context(), hr); err != nil {
+		t.Fatalf("writing the gateway's route status: %v", err)
+	}
+	eventually(t, "the cache seeing the gateway's status", func() (bool, string) {
+		var cached gatewayv1.HTTPRoute
+		if err := src.Client().Get(t.Context(), client.ObjectKeyFromObject(hr), &cached); err != nil {
+			return false, err.Error()
+		}
+		return len(cached.Status.Parents) == 1, fmt.Sprintf("%d parents", len(cached.Status.Parents))
+	})
+
+	log, _ := newTestLog(t)
+	w := NewStatusWriter(src, AlwaysLeader{}, log)
+	t0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
+	w.now = func() time.Time { return t0 }
+	parent := policy.RouteParentStatus{
+		ParentRef:      model.ParentRef{Group: "", Kind: "Service", Name: "echo"},
+		ControllerName: fjordv1a1.ControllerName,
+		Conditions: []metav1.Condition{
+			{Type: "Accepted", Status: metav1.ConditionTrue, Reason: "Accepted", Message: "Attached to Service route-status/echo.", ObservedGeneration: 1},
+			{Type: "ResolvedRefs", Status: metav1.ConditionTrue, Reason: "ResolvedRefs", Message: "All references resolved.", ObservedGeneration: 1},
+		},
+	}
+	statuses := []policy.RouteStatus{
+		{Kind: model.KindGRPCRoute, Key: model.Key{Namespace: ns, Name: "by-method"}, Generation: 1, Parents: []policy.RouteParentStatus{parent}},
+		{Kind: model.KindHTTPRoute, Key: model.Key{Namespace: ns, Name: "split"}, Generation: 1, Parents: []policy.RouteParentStatus{parent}},
+	}
+	if n, err := w.WriteRoutes(t.Context(), statuses); err != nil || n != 2 {
+		t.Fatalf("WriteRoutes = %d, %v; want 2, nil", n, err)
+	}
+	ours := gatewayv1.RouteParentStatus{
+		ParentRef: gatewayv1.ParentReference{
+			Group: ptr.To(gatewayv1.Group("")), Kind: ptr.To(gatewayv1.Kind("Service")), Name: "echo",
+		},
+		ControllerName: fjordv1a1.ControllerName,
+		Conditions:     slices.Clone(parent.Conditions),
+	}
+	for i := range ours.Conditions {
+		ours.Conditions[i].LastTransitionTime = metav1.NewTime(t0)
+	}
+	opts := cmp.Comparer(func(a, b metav1.Time) bool { return a.Equal(&b) })
+	if err := c.Get(t.Context(), client.ObjectKeyFromObject(hr), hr); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]gatewayv1.RouteParentStatus{theirs, ours}, hr.Status.Parents, opts); diff != "" {
+		t.Errorf("HTTPRoute status parents (-want +got):\n%s", diff)
+	}
+	if err := c.Get(t.Context(), client.ObjectKeyFromObject(gr), gr); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]gatewayv1.RouteParentStatus{ours}, gr.Status.Parents, opts); diff != "" {
+		t.Errorf("GRPCRoute status parents (-want +got):\n%s", diff)
+	}
+
+	// The parentRef written reads back equal, so an unchanged status is
+	// not written again.
+	rv := hr.ResourceVersion
+	w.now = func() time.Time { return t0.Add(time.Hour) }
+	if n, err := w.WriteRoutes(t.Context(), statuses); err != nil || n != 0 {
+		t.Errorf("WriteRoutes with unchanged statuses = %d, %v; want 0, nil", n, err)
+	}
+	if err := c.Get(t.Context(), client.ObjectKeyFromObject(hr), hr); err != nil {
+		t.Fatal(err)
+	}
+	if hr.ResourceVersion != rv {
+		t.Errorf("resourceVersion went from %s to %s: an unchanged route status was written", rv, hr.ResourceVersion)
 	}
 }
