@@ -68,11 +68,11 @@ type KubeOptions struct {
 // KubeSource is the Kubernetes-mode Source. It runs controller-runtime
 // informer caches of Services, EndpointSlices, Pods, Namespaces,
 // ResiliencePolicies and, when Gateway API is installed, HTTPRoutes and
-// GRPCRoutes; every event triggers the coalescer,
-// and every build lists the caches into a fresh model snapshot. Nothing is
-// published before all caches have synced, so the proxies never see the
-// partial view of a control plane that is still starting, and a build
-// that changes nothing publishes nothing.
+// GRPCRoutes; every event triggers the coalescer, and every build lists the
+// caches into a fresh model snapshot. Nothing is published before all
+// caches have synced, so the proxies never see the partial view of a
+// control plane that is still starting, and a build that changes nothing
+// publishes nothing.
 //
 // Pods are read only to name the workload and service account behind each
 // endpoint; the cache keeps a reduced copy of each pod (owner, labels,
@@ -181,9 +181,10 @@ func (s *KubeSource) installedRoutes() (map[model.RouteKind]bool, error) {
 }
 
 // Run implements Source. It may be called once. It returns an error at once
-// when a kind cannot be watched (the ResiliencePolicy CRD is not
-// installed, say); until the caches have synced (for instance while RBAC
-// forbids a list) it publishes nothing and logs the watch errors.
+// when the API server cannot be asked what it serves or a kind cannot be
+// watched (the ResiliencePolicy CRD is not installed, say); until the
+// caches have synced (for instance while RBAC forbids a list) it publishes
+// nothing and logs the watch errors.
 func (s *KubeSource) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 	if !s.ran.CompareAndSwap(false, true) {
 		return errors.New("kubernetes source: Run called twice")
