@@ -23,11 +23,6 @@ const (
 	BootstrapFile = "bootstrap.json"
 )
 
-// CertProviderInstance is the name of the file_watcher certificate provider
-// in the gRPC bootstrap; xDS resources for proxyless gRPC refer to it in
-// their certificate_provider_instance fields.
-const CertProviderInstance = "default"
-
 // DefaultRefreshInterval is how often grpc-go's file_watcher re-reads the
 // files: far below the third of a leaf's lifetime left at renewal.
 const DefaultRefreshInterval = time.Minute
@@ -80,7 +75,7 @@ func (a *Agent) WriteOnChange(ctx context.Context, dir string) error {
 
 // GRPCBootstrap is grpc-go's xDS bootstrap for info (as `fjordctl bootstrap`
 // writes it) with a file_watcher certificate provider named
-// CertProviderInstance over the credential files in dir.
+// bootstrap.CertProviderInstance over the credential files in dir.
 func GRPCBootstrap(info node.Info, xdsAddress, dir string, refresh time.Duration) ([]byte, error) {
 	base, err := bootstrap.GRPC(info, xdsAddress)
 	if err != nil {
@@ -99,7 +94,7 @@ func GRPCBootstrap(info node.Info, xdsAddress, dir string, refresh time.Duration
 		return nil, fmt.Errorf("gRPC bootstrap for %s: %w", info.ID(), err)
 	}
 	providers, err := json.Marshal(map[string]any{
-		CertProviderInstance: map[string]any{
+		bootstrap.CertProviderInstance: map[string]any{
 			"plugin_name": "file_watcher",
 			"config": map[string]any{
 				"certificate_file":    filepath.Join(abs, CertFile),

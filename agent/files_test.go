@@ -97,7 +97,7 @@ func TestGRPCBootstrap(t *testing.T) {
 	if d := cmp.Diff(base, doc); d != "" {
 		t.Errorf("bootstrap differs from fjordctl bootstrap's beyond certificate_providers (-want +got):\n%s", d)
 	}
-	want := map[string]any{CertProviderInstance: map[string]any{
+	want := map[string]any{bootstrap.CertProviderInstance: map[string]any{
 		"plugin_name": "file_watcher",
 		"config": map[string]any{
 			"certificate_file":    filepath.Join(dir, CertFile),

@@ -22,16 +22,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/fjordmesh/fjord/bootstrap"
 	"github.com/fjordmesh/fjord/certs/api"
-)
-
-// SDS secret names, as Envoy's SdsSecretConfig refers to them (the names
-// Istio's agent uses, so existing Envoy configs read naturally).
-const (
-	// SecretCertificate is the workload's certificate chain and key.
-	SecretCertificate = "default"
-	// SecretRootCA is the trust bundle, for validating peers.
-	SecretRootCA = "ROOTCA"
 )
 
 // ListenSDS listens on the SDS Unix socket at path, mode 0600, admitting only
@@ -41,8 +33,9 @@ func ListenSDS(path string, uids []int, log *slog.Logger) (net.Listener, error) 
 }
 
 // ServeSDS serves Envoy's SecretDiscoveryService on lis until ctx ends:
-// state-of-the-world streams and unary fetches of SecretCertificate and
-// SecretRootCA, pushing new versions as the credentials are renewed.
+// state-of-the-world streams and unary fetches of bootstrap.SecretCertificate
+// and bootstrap.SecretRootCA, pushing new versions as the credentials are
+// renewed.
 func (a *Agent) ServeSDS(ctx context.Context, lis net.Listener) error {
 	g := grpc.NewServer()
 	secretv3.RegisterSecretDiscoveryServiceServer(g, &sdsServer{a: a, log: a.log.With("component", "sds")})
@@ -161,13 +154,13 @@ func (s *sdsServer) FetchSecrets(_ context.Context, r *discoveryv3.DiscoveryRequ
 // unknown names are left out.
 func (s *sdsServer) response(creds *Credentials, names []string, nonce string) (*discoveryv3.DiscoveryResponse, error) {
 	if len(names) == 0 {
-		names = []string{SecretCertificate, SecretRootCA}
+		names = []string{bootstrap.SecretCertificate, bootstrap.SecretRootCA}
 	}
 	resp := &discoveryv3.DiscoveryResponse{VersionInfo: version(creds, names), TypeUrl: resourcev3.SecretType, Nonce: nonce}
 	for _, name := range names {
 		var secret *tlsv3.Secret
 		switch name {
-		case SecretCertificate:
+		case bootstrap.SecretCertificate:
 			key, err := creds.Key.PEM()
 			if err != nil {
 				return nil, err
@@ -176,7 +169,7 @@ func (s *sdsServer) response(creds *Credentials, names []string, nonce string) (
 				CertificateChain: inline(creds.ChainPEM),
 				PrivateKey:       inline(key),
 			}}}
-		case SecretRootCA:
+		case bootstrap.SecretRootCA:
 			secret = &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 				TrustedCa: inline(creds.BundlePEM),
 			}}}
@@ -201,16 +194,16 @@ func (s *sdsServer) response(creds *Credentials, names []string, nonce string) (
 // disturbed by a leaf renewal that kept the bundle.
 func version(creds *Credentials, names []string) string {
 	if len(names) == 0 {
-		names = []string{SecretCertificate, SecretRootCA}
+		names = []string{bootstrap.SecretCertificate, bootstrap.SecretRootCA}
 	}
 	h := sha256.New()
 	for _, name := range names {
 		switch name {
-		case SecretCertificate:
-			h.Write([]byte(SecretCertificate))
+		case bootstrap.SecretCertificate:
+			h.Write([]byte(bootstrap.SecretCertificate))
 			h.Write(creds.ChainPEM)
-		case SecretRootCA:
-			h.Write([]byte(SecretRootCA))
+		case bootstrap.SecretRootCA:
+			h.Write([]byte(bootstrap.SecretRootCA))
 			h.Write(creds.BundlePEM)
 		}
 	}

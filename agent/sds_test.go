@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/fjordmesh/fjord/bootstrap"
 	"github.com/fjordmesh/fjord/certs"
 )
 
@@ -51,7 +52,7 @@ func childFetch(path string) int {
 	defer conn.Close()
 	stream, err := secretv3.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
 	if err == nil {
-		err = stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.SecretType, ResourceNames: []string{SecretCertificate}})
+		err = stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.SecretType, ResourceNames: []string{bootstrap.SecretCertificate}})
 	}
 	if err == nil {
 		_, err = stream.Recv()
@@ -158,8 +159,8 @@ func TestSDS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	certStream := subscribe(t, conn, SecretCertificate)
-	rootStream := subscribe(t, conn, SecretRootCA)
+	certStream := subscribe(t, conn, bootstrap.SecretCertificate)
+	rootStream := subscribe(t, conn, bootstrap.SecretRootCA)
 
 	v1, secrets := certStream.recv()
 	first := checkCertificate(t, secrets, a.Current())
@@ -208,9 +209,9 @@ func TestSDS(t *testing.T) {
 // credentials: the chain, a key that matches it, the identity.
 func checkCertificate(t *testing.T, secrets map[string]*tlsv3.Secret, want *Credentials) *x509.Certificate {
 	t.Helper()
-	sec, ok := secrets[SecretCertificate]
+	sec, ok := secrets[bootstrap.SecretCertificate]
 	if !ok || len(secrets) != 1 {
-		t.Fatalf("secrets %v, want only %s", secrets, SecretCertificate)
+		t.Fatalf("secrets %v, want only %s", secrets, bootstrap.SecretCertificate)
 	}
 	tc := sec.GetTlsCertificate()
 	chain, err := certs.ParseCerts(tc.GetCertificateChain().GetInlineBytes())
@@ -236,9 +237,9 @@ func checkCertificate(t *testing.T, secrets map[string]*tlsv3.Secret, want *Cred
 
 func rootsOf(t *testing.T, secrets map[string]*tlsv3.Secret) []*x509.Certificate {
 	t.Helper()
-	sec, ok := secrets[SecretRootCA]
+	sec, ok := secrets[bootstrap.SecretRootCA]
 	if !ok || len(secrets) != 1 {
-		t.Fatalf("secrets %v, want only %s", secrets, SecretRootCA)
+		t.Fatalf("secrets %v, want only %s", secrets, bootstrap.SecretRootCA)
 	}
 	roots, err := certs.ParseCerts(sec.GetValidationContext().GetTrustedCa().GetInlineBytes())
 	if err != nil {

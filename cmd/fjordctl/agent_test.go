@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/fjordmesh/fjord/agent"
+	"github.com/fjordmesh/fjord/bootstrap"
 	"github.com/fjordmesh/fjord/certs"
 	"github.com/fjordmesh/fjord/certs/api"
 	"github.com/fjordmesh/fjord/store"
@@ -114,7 +115,7 @@ func TestAgentCommand(t *testing.T) {
 	}
 	defer conn.Close()
 	resp, err := secretv3.NewSecretDiscoveryServiceClient(conn).FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{
-		TypeUrl: resourcev3.SecretType, ResourceNames: []string{agent.SecretCertificate},
+		TypeUrl: resourcev3.SecretType, ResourceNames: []string{bootstrap.SecretCertificate},
 	})
 	if err != nil || len(resp.Resources) != 1 {
 		t.Fatalf("SDS fetch = %v, %v", resp, err)
