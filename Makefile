@@ -9,6 +9,8 @@ MON_ADDR     ?= 127.0.0.1:15014
 GOTEST_FLAGS ?= -race -count=1 -timeout 30m
 
 include make/envtest.mk
+include make/rbac.mk
+include make/certs.mk
 
 .DEFAULT_GOAL := help
 
@@ -47,16 +49,16 @@ lint: ## go vet and gofmt.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: generate
-generate: ## Regenerate deepcopy code.
+generate: ## Regenerate deepcopy code (the certificate API protos: make generate-proto, needs protoc).
 	$(GO) tool controller-gen object paths=./policy/api/...
 
 .PHONY: manifests
-manifests: ## Regenerate the CRDs into manifests/crd.
+manifests: rbac ## Regenerate the CRDs into manifests/crd and the RBAC into manifests/rbac.
 	$(GO) tool controller-gen crd paths=./policy/api/... output:crd:artifacts:config=manifests/crd
 
 .PHONY: verify
 verify: generate manifests ## Regenerate everything and fail on a diff.
-	@git diff --exit-code -- policy manifests || { echo "generated files are stale: run make generate manifests"; exit 1; }
+	@git diff --exit-code -- policy manifests certs || { echo "generated files are stale: run make generate manifests"; exit 1; }
 
 .PHONY: clean
 clean: ## Remove built binaries and local state.
