@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/fjordmesh/fjord/policy"
 	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
@@ -35,8 +36,19 @@ type Config struct {
 	ConfigDir string
 	// Source replaces the directory source (Kubernetes mode).
 	Source watcher.Source
-	// DataDir holds fjord.db.
+	// SourceOfTruth says the Source holds the whole config (the API server
+	// in Kubernetes mode): it is neither persisted nor served from the data
+	// directory, so nothing is served before the Source's first snapshot,
+	// and DataDir is optional.
+	SourceOfTruth bool
+	// DataDir holds fjord.db. Required unless SourceOfTruth.
 	DataDir string
+	// Status, if set, receives the statuses of every build the cache
+	// accepted (Kubernetes mode: the status writer, which writes them to
+	// the API server on the leader). It must not block.
+	Status interface {
+		Update([]policy.Status, []policy.RouteStatus)
+	}
 	// XDSAddress and MonitoringAddress are host:port to listen on; port 0
 	// picks a free port (see XDSAddr, MonitoringAddr).
 	XDSAddress        string
@@ -96,7 +108,10 @@ func New(cfg Config) (_ *ControlPlane, err error) {
 	if cfg.Source == nil && cfg.ConfigDir == "" {
 		return nil, errors.New("no config source: set a config directory")
 	}
-	if cfg.DataDir == "" {
+	if cfg.SourceOfTruth && cfg.Source == nil {
+		return nil, errors.New("source of truth: no source set")
+	}
+	if cfg.DataDir == "" && !cfg.SourceOfTruth {
 		return nil, errors.New("no data directory")
 	}
 	if cfg.Log == nil {
@@ -118,8 +133,10 @@ func New(cfg Config) (_ *ControlPlane, err error) {
 		}
 	}()
 
-	if cp.store, err = store.Open(cfg.DataDir); err != nil {
-		return nil, err
+	if cfg.DataDir != "" {
+		if cp.store, err = store.Open(cfg.DataDir); err != nil {
+			return nil, err
+		}
 	}
 	cp.reg = prometheus.NewRegistry()
 	cp.metrics = newMetrics(cp.reg)
@@ -135,8 +152,10 @@ func New(cfg Config) (_ *ControlPlane, err error) {
 			Memory:  cp.store,
 		}
 	}
-	if err := cp.servePersisted(); err != nil {
-		return nil, err
+	if !cfg.SourceOfTruth {
+		if err := cp.servePersisted(); err != nil {
+			return nil, err
+		}
 	}
 	if cp.xdsLis, err = net.Listen("tcp", cfg.XDSAddress); err != nil {
 		return nil, fmt.Errorf("xds address: %w", err)
@@ -181,7 +200,9 @@ func (cp *ControlPlane) servePersisted() error {
 // pipeline until ctx ends or something fails; either way it stops the
 // servers and the source and closes the store before returning.
 func (cp *ControlPlane) Run(ctx context.Context) error {
-	defer cp.store.Close()
+	if cp.store != nil {
+		defer cp.store.Close()
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -269,7 +290,7 @@ func (cp *ControlPlane) closeListeners() {
 func (cp *ControlPlane) build(snap *model.Snapshot, persist bool) {
 	start := time.Now()
 	mesh := policy.Resolve(snap, policy.Options{MeshNamespace: cp.cfg.MeshNamespace, LastAccepted: cp.lastAccepted})
-	cp.logStatuses(mesh.Statuses)
+	cp.logStatuses(mesh.Statuses, mesh.RouteStatuses)
 	var changed, removed int
 	for _, kind := range node.Kinds {
 		stats, err := cp.cache.Update(kind, translate.Translate(mesh, kind))
@@ -298,6 +319,12 @@ func (cp *ControlPlane) build(snap *model.Snapshot, persist bool) {
 	if !persist {
 		return
 	}
+	if cp.cfg.Status != nil {
+		cp.cfg.Status.Update(mesh.Statuses, mesh.RouteStatuses)
+	}
+	if cp.cfg.SourceOfTruth {
+		return
+	}
 	if err := cp.store.SaveConfig(snap); err != nil {
 		cp.log.Error("cannot persist the config; a restart would serve an older one", "error", err)
 	}
@@ -306,11 +333,33 @@ func (cp *ControlPlane) build(snap *model.Snapshot, persist bool) {
 	}
 }
 
-// logStatuses logs every policy condition that is not Accepted, once per
-// change: standalone mode has no API server to write status to, so the log
-// (and /debug/status) is where users see it.
-func (cp *ControlPlane) logStatuses(statuses []policy.Status) {
+// logStatuses logs every policy and route condition that is not Accepted,
+// once per change: standalone mode has no API server to write status to, so
+// the log (and /debug/status) is where users see it.
+func (cp *ControlPlane) logStatuses(statuses []policy.Status, routes []policy.RouteStatus) {
 	seen := map[string]string{}
+	defer func() { cp.logged = seen }()
+	for _, st := range routes {
+		for _, p := range st.Parents {
+			for _, c := range p.Conditions {
+				if c.Status == metav1.ConditionTrue {
+					continue
+				}
+				target := "Service " + p.ParentRef.Namespace + "/" + p.ParentRef.Name
+				if p.ParentRef.SectionName != "" {
+					target += " port " + p.ParentRef.SectionName
+				}
+				key := string(st.Kind) + " " + st.Key.String() + " " + target + " " + c.Type
+				val := fmt.Sprintf("%d %s %s", st.Generation, c.Reason, c.Message)
+				seen[key] = val
+				if cp.logged[key] == val {
+					continue
+				}
+				cp.log.Warn("route not accepted", "route", st.Key.String(), "kind", st.Kind, "generation", st.Generation,
+					"parent", target, "condition", c.Type, "reason", c.Reason, "message", c.Message)
+			}
+		}
+	}
 	for _, st := range statuses {
 		for _, a := range st.Ancestors {
 			for _, c := range a.Conditions {
@@ -335,7 +384,6 @@ func (cp *ControlPlane) logStatuses(statuses []policy.Status) {
 			}
 		}
 	}
-	cp.logged = seen
 }
 
 // state returns the last built snapshot and mesh, nil before the first.

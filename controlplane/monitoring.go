@@ -5,6 +5,8 @@ import (
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/fjordmesh/fjord/policy"
 )
 
 // monitoringHandler serves health, readiness, metrics and the debug views.
@@ -14,7 +16,8 @@ import (
 //	                (the persisted config counts), 503 before
 //	/metrics        Prometheus
 //	/debug/config   the model snapshot last built, as JSON
-//	/debug/status   every policy's status, as JSON
+//	/debug/status   every policy's and route's status, as JSON
+//	                {"policies": [...], "routes": [...]}
 //	/debug/mesh     the resolved mesh (effective policy per port and where
 //	                each field came from), as JSON
 func (cp *ControlPlane) monitoringHandler() http.Handler {
@@ -40,7 +43,10 @@ func (cp *ControlPlane) monitoringHandler() http.Handler {
 			writeJSON(w, nil, false)
 			return
 		}
-		writeJSON(w, mesh.Statuses, true)
+		writeJSON(w, struct {
+			Policies []policy.Status      `json:"policies"`
+			Routes   []policy.RouteStatus `json:"routes"`
+		}{mesh.Statuses, mesh.RouteStatuses}, true)
 	})
 	mux.HandleFunc("GET /debug/mesh", func(w http.ResponseWriter, _ *http.Request) {
 		_, mesh := cp.state()
