@@ -1,6 +1,8 @@
 // Command fjord-cp is the Fjord control plane. In standalone mode it serves
 // the Kubernetes YAML of a directory (--config-dir) and keeps its state in
-// --data-dir; this file only turns flags into a controlplane.Config.
+// --data-dir; without --config-dir it runs in Kubernetes mode, on the API
+// server of --kubeconfig or, in a pod, its in-cluster config. This file only
+// turns flags into a controlplane.Config.
 package main
 
 import (
@@ -13,6 +15,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/go-logr/logr"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/fjordmesh/fjord/controlplane"
 	"github.com/fjordmesh/fjord/policy"
@@ -32,10 +40,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var (
 		cfg      controlplane.Config
+		kube     controlplane.KubeOptions
+		kubecfg  string
 		logLevel slog.Level
 	)
-	fs.StringVar(&cfg.ConfigDir, "config-dir", "", "directory of Kubernetes YAML to serve (standalone mode; required)")
-	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for durable state, DATA/fjord.db (required)")
+	fs.StringVar(&cfg.ConfigDir, "config-dir", "", "directory of Kubernetes YAML to serve (standalone mode); without it, Kubernetes mode")
+	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for durable state, DATA/fjord.db (required in standalone mode)")
+	fs.StringVar(&kubecfg, "kubeconfig", "", "kubeconfig of the API server (Kubernetes mode); default: the in-cluster config")
+	fs.StringVar(&kube.NamespaceSelector, "namespace-selector", watcher.DefaultNamespaceSelector, "label selector of the meshed namespaces (Kubernetes mode)")
+	fs.BoolVar(&kube.LeaderElect, "leader-elect", true, "elect the replica that writes status on a Lease in --namespace (Kubernetes mode)")
 	fs.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15010", "plaintext xDS listen address")
 	fs.StringVar(&cfg.MonitoringAddress, "monitoring-address", "127.0.0.1:15014", "listen address of /healthz, /readyz, /metrics and /debug/")
 	fs.StringVar(&cfg.MeshNamespace, "namespace", policy.DefaultMeshNamespace, "the control plane's namespace: policies there without targetRefs are mesh-wide defaults")
@@ -43,7 +56,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.HoldOff, "debounce", watcher.DefaultHoldOff, "how long config changes must be quiet before a rebuild")
 	fs.DurationVar(&cfg.MaxDelay, "max-delay", watcher.DefaultMaxDelay, "longest a config change waits for a rebuild under a stream of changes")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: fjord-cp --config-dir CONF --data-dir DATA [flags]\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: fjord-cp --config-dir CONF --data-dir DATA [flags]   (standalone)\n"+
+			"       fjord-cp [--kubeconfig FILE] [flags]                  (Kubernetes)\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -56,22 +70,69 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fjord-cp: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	for _, req := range []struct{ flag, v string }{{"config-dir", cfg.ConfigDir}, {"data-dir", cfg.DataDir}} {
-		if req.v == "" {
-			fmt.Fprintf(stderr, "fjord-cp: --%s is required\n", req.flag)
-			fs.Usage()
-			return 2
-		}
+	if code := checkMode(fs, cfg, stderr); code != 0 {
+		return code
 	}
 	if cfg.HoldOff <= 0 || cfg.MaxDelay < cfg.HoldOff {
 		fmt.Fprintf(stderr, "fjord-cp: want 0 < --debounce (%s) <= --max-delay (%s)\n", cfg.HoldOff, cfg.MaxDelay)
 		return 2
 	}
 	cfg.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
-	if err := controlplane.Run(ctx, cfg); err != nil {
+	run := controlplane.Run
+	if cfg.ConfigDir == "" {
+		var err error
+		if kube.REST, err = restConfig(kubecfg, cfg.Log); err != nil {
+			fmt.Fprintf(stderr, "fjord-cp: %v\n", err)
+			return 1
+		}
+		run = func(ctx context.Context, cfg controlplane.Config) error { return controlplane.RunKube(ctx, cfg, kube) }
+	}
+	if err := run(ctx, cfg); err != nil {
 		cfg.Log.Error("fjord-cp failed", "error", err)
 		return 1
 	}
 	cfg.Log.Info("stopped")
 	return 0
+}
+
+// checkMode checks that the flags make one mode: --config-dir with
+// --data-dir (standalone), or Kubernetes mode, whose flags mean nothing to
+// standalone mode. It returns 0 or the exit code.
+func checkMode(fs *flag.FlagSet, cfg controlplane.Config, stderr io.Writer) int {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if cfg.ConfigDir != "" {
+		for _, name := range []string{"kubeconfig", "namespace-selector", "leader-elect"} {
+			if set[name] {
+				fmt.Fprintf(stderr, "fjord-cp: --%s is for Kubernetes mode; it cannot be used with --config-dir\n", name)
+				return 2
+			}
+		}
+		if cfg.DataDir == "" {
+			fmt.Fprintf(stderr, "fjord-cp: --data-dir is required with --config-dir\n")
+			fs.Usage()
+			return 2
+		}
+	}
+	return 0
+}
+
+// restConfig reads the kubeconfig, or the in-cluster config when there is
+// none, and sends client-go's and controller-runtime's own logs (klog and
+// the global logr) to log.
+func restConfig(kubeconfig string, log *slog.Logger) (*rest.Config, error) {
+	klog.SetSlogLogger(log.With("component", "client-go"))
+	ctrllog.SetLogger(logr.FromSlogHandler(log.With("component", "controller-runtime").Handler()))
+	if kubeconfig != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+		}
+		return c, nil
+	}
+	c, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no --config-dir and no --kubeconfig, and not in a cluster: %w", err)
+	}
+	return c, nil
 }

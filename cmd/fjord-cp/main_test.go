@@ -34,10 +34,13 @@ func TestFlagErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		"no config dir":  {[]string{"--data-dir", "d"}, "--config-dir is required"},
-		"no data dir":    {[]string{"--config-dir", "c"}, "--data-dir is required"},
+		"no data dir": {[]string{"--config-dir", "c"}, "--data-dir is required"},
+		"kubeconfig in standalone mode": {[]string{"--config-dir", "c", "--data-dir", "d", "--kubeconfig", "k"},
+			"--kubeconfig is for Kubernetes mode"},
+		"leader election in standalone mode": {[]string{"--config-dir", "c", "--data-dir", "d", "--leader-elect=false"},
+			"--leader-elect is for Kubernetes mode"},
 		"bad log level":  {[]string{"--config-dir", "c", "--data-dir", "d", "--log-level", "loud"}, "log-level"},
-		"unknown flag":   {[]string{"--kubeconfig", "k"}, "flag provided but not defined: -kubeconfig"},
+		"unknown flag":   {[]string{"--nope", "k"}, "flag provided but not defined: -nope"},
 		"stray argument": {[]string{"--config-dir", "c", "--data-dir", "d", "extra"}, `unexpected arguments ["extra"]`},
 		"debounce above max delay": {[]string{"--config-dir", "c", "--data-dir", "d", "--debounce", "2s", "--max-delay", "1s"},
 			"--debounce (2s) <= --max-delay (1s)"},
@@ -47,6 +50,30 @@ func TestFlagErrors(t *testing.T) {
 			var stderr bytes.Buffer
 			if code := run(context.Background(), tc.args, &stderr); code != 2 {
 				t.Errorf("exit code %d, want 2", code)
+			}
+			if !strings.Contains(stderr.String(), tc.want) {
+				t.Errorf("stderr does not say %q:\n%s", tc.want, stderr.String())
+			}
+		})
+	}
+}
+
+// Without --config-dir fjord-cp is in Kubernetes mode; with neither a
+// kubeconfig nor a pod's in-cluster config it fails saying so.
+func TestKubernetesModeNeedsAnAPIServer(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	tests := map[string]struct {
+		args []string
+		want string
+	}{
+		"not in a cluster":   {nil, "no --config-dir and no --kubeconfig, and not in a cluster"},
+		"missing kubeconfig": {[]string{"--kubeconfig", "/nonexistent/kubeconfig"}, "kubeconfig /nonexistent/kubeconfig"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			if code := run(context.Background(), tc.args, &stderr); code != 1 {
+				t.Errorf("exit code %d, want 1", code)
 			}
 			if !strings.Contains(stderr.String(), tc.want) {
 				t.Errorf("stderr does not say %q:\n%s", tc.want, stderr.String())

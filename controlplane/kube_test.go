@@ -1,0 +1,84 @@
+package controlplane
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/fjordmesh/fjord/policy"
+	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
+	"github.com/fjordmesh/fjord/watcher/model"
+)
+
+// statusRecorder is a Config.Status that keeps every update.
+type statusRecorder struct {
+	mu      sync.Mutex
+	updates [][]policy.Status
+}
+
+func (s *statusRecorder) Update(p []policy.Status, _ []policy.RouteStatus) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.updates = append(s.updates, p)
+}
+
+func (s *statusRecorder) last() ([]policy.Status, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.updates) == 0 {
+		return nil, 0
+	}
+	return s.updates[len(s.updates)-1], len(s.updates)
+}
+
+// With the source as the source of truth (Kubernetes mode) there is no data
+// directory: nothing is served before the source's first snapshot, and the
+// statuses of each build go to Config.Status.
+func TestSourceOfTruthHandsStatusesOn(t *testing.T) {
+	src := make(chanSource)
+	rec := &statusRecorder{}
+	r := start(t, Config{Source: src, SourceOfTruth: true, Status: rec})
+	if code, _ := get(t, r.url("/readyz")); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz = %d before the first snapshot, want 503", code)
+	}
+	src <- &model.Snapshot{
+		Services: []model.Service{{Key: echo, Ports: []model.ServicePort{{Name: "grpc", Port: 50051}}}},
+		Policies: []model.Policy{{Key: model.Key{Namespace: "demo", Name: "lost"}, Generation: 3,
+			Spec: fjordv1a1.ResiliencePolicySpec{
+				TargetRefs: []fjordv1a1.TargetRef{{Kind: "Service", Name: "nope"}},
+				Retry:      &fjordv1a1.Retry{Attempts: ptrTo(int32(2))},
+			}}},
+	}
+	r.waitReady(t)
+	eventually(t, "the statuses handed to Config.Status", func() (bool, string) {
+		st, n := rec.last()
+		if n == 0 {
+			return false, "no update"
+		}
+		return len(st) == 1 && st[0].Name == "lost" && st[0].Generation == 3, "got other statuses"
+	})
+	st, _ := rec.last()
+	if reason := st[0].Ancestors[0].Conditions[0].Reason; reason != fjordv1a1.ReasonTargetNotFound {
+		t.Errorf("reason %q, want %q", reason, fjordv1a1.ReasonTargetNotFound)
+	}
+	_, body := get(t, r.url("/debug/status"))
+	if !strings.Contains(body, `"policies"`) || !strings.Contains(body, fjordv1a1.ReasonTargetNotFound) {
+		t.Errorf("/debug/status lacks the policy status:\n%s", body)
+	}
+}
+
+func TestSourceOfTruthNeedsASource(t *testing.T) {
+	if _, err := New(Config{SourceOfTruth: true, XDSAddress: "127.0.0.1:0", MonitoringAddress: "127.0.0.1:0"}); err == nil {
+		t.Fatal("New without a source succeeded")
+	}
+}
+
+func TestRunKubeNeedsAnAPIServer(t *testing.T) {
+	if err := RunKube(context.Background(), Config{}, KubeOptions{}); err == nil || !strings.Contains(err.Error(), "API server") {
+		t.Fatalf("RunKube without a REST config: %v, want an error naming the API server", err)
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }
