@@ -2,14 +2,10 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fjordmesh/fjord/bootstrap"
 	"github.com/fjordmesh/fjord/xds/node"
@@ -73,46 +69,33 @@ func (a *Agent) WriteOnChange(ctx context.Context, dir string) error {
 	}
 }
 
-// GRPCBootstrap is grpc-go's xDS bootstrap for info (as `fjordctl bootstrap`
-// writes it) with a file_watcher certificate provider named
-// bootstrap.CertProviderInstance over the credential files in dir.
+// GRPCBootstrap is grpc-go's xDS bootstrap for info (as `fjordctl bootstrap
+// --secure` writes it) over the credential files in dir: a file_watcher
+// certificate provider named bootstrap.CertProviderInstance for data-plane
+// TLS, and TLS channel credentials with the same files, since the channel to
+// the control plane's secure port (authenticated xDS, 15012) must present
+// the workload's certificate too.
 func GRPCBootstrap(info node.Info, xdsAddress, dir string, refresh time.Duration) ([]byte, error) {
-	base, err := bootstrap.GRPC(info, xdsAddress)
-	if err != nil {
-		return nil, err
-	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("out dir %s: %w", dir, err)
 	}
-	interval, err := protojson.Marshal(durationpb.New(refresh))
-	if err != nil {
-		return nil, fmt.Errorf("refresh interval %s: %w", refresh, err)
-	}
-	var doc map[string]json.RawMessage
-	if err := json.Unmarshal(base, &doc); err != nil {
-		return nil, fmt.Errorf("gRPC bootstrap for %s: %w", info.ID(), err)
-	}
-	providers, err := json.Marshal(map[string]any{
-		bootstrap.CertProviderInstance: map[string]any{
-			"plugin_name": "file_watcher",
-			"config": map[string]any{
-				"certificate_file":    filepath.Join(abs, CertFile),
-				"private_key_file":    filepath.Join(abs, KeyFile),
-				"ca_certificate_file": filepath.Join(abs, CAFile),
-				"refresh_interval":    json.RawMessage(interval),
-			},
-		},
+	files := CredentialFiles(abs, refresh)
+	return bootstrap.GRPCWith(info, xdsAddress, bootstrap.GRPCOptions{
+		CertificateProviders: map[string]bootstrap.FileWatcher{bootstrap.CertProviderInstance: files},
+		ChannelTLS:           &files,
 	})
-	if err != nil {
-		return nil, err
+}
+
+// CredentialFiles are the files WriteFiles keeps in dir, as grpc-go's
+// file_watcher reads them.
+func CredentialFiles(dir string, refresh time.Duration) bootstrap.FileWatcher {
+	return bootstrap.FileWatcher{
+		CertificateFile:   filepath.Join(dir, CertFile),
+		PrivateKeyFile:    filepath.Join(dir, KeyFile),
+		CACertificateFile: filepath.Join(dir, CAFile),
+		RefreshInterval:   refresh,
 	}
-	doc["certificate_providers"] = providers
-	out, err := json.MarshalIndent(doc, "", "  ")
-	if err != nil {
-		return nil, fmt.Errorf("gRPC bootstrap for %s: %w", info.ID(), err)
-	}
-	return append(out, '\n'), nil
 }
 
 // writeAtomic replaces path with data: a temporary file in the same

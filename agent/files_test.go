@@ -69,11 +69,12 @@ func TestOutDir(t *testing.T) {
 }
 
 // TestGRPCBootstrap: the bootstrap is `fjordctl bootstrap`'s with a
-// file_watcher provider over the out dir, and grpc-go accepts it.
+// file_watcher provider over the out dir and TLS channel credentials over
+// the same files, and grpc-go accepts it.
 func TestGRPCBootstrap(t *testing.T) {
 	info := node.Info{Namespace: "demo", Workload: "client", ServiceAccount: "a", Kind: node.GRPC}
 	dir := t.TempDir()
-	got, err := GRPCBootstrap(info, "127.0.0.1:15010", dir, 90*time.Second)
+	got, err := GRPCBootstrap(info, "127.0.0.1:15012", dir, 90*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,27 +86,30 @@ func TestGRPCBootstrap(t *testing.T) {
 	if err := json.Unmarshal(got, &doc); err != nil {
 		t.Fatal(err)
 	}
-	plain, err := bootstrap.GRPC(info, "127.0.0.1:15010")
+	plain, err := bootstrap.GRPC(info, "127.0.0.1:15012")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := json.Unmarshal(plain, &base); err != nil {
 		t.Fatal(err)
 	}
+	files := map[string]any{
+		"certificate_file":    filepath.Join(dir, CertFile),
+		"private_key_file":    filepath.Join(dir, KeyFile),
+		"ca_certificate_file": filepath.Join(dir, CAFile),
+		"refresh_interval":    "90s",
+	}
+	server := doc["xds_servers"].([]any)[0].(map[string]any)
+	if d := cmp.Diff([]any{map[string]any{"type": "tls", "config": files}}, server["channel_creds"]); d != "" {
+		t.Errorf("channel_creds (-want +got):\n%s", d)
+	}
+	server["channel_creds"] = base["xds_servers"].([]any)[0].(map[string]any)["channel_creds"]
 	providers := doc["certificate_providers"]
 	delete(doc, "certificate_providers")
 	if d := cmp.Diff(base, doc); d != "" {
-		t.Errorf("bootstrap differs from fjordctl bootstrap's beyond certificate_providers (-want +got):\n%s", d)
+		t.Errorf("bootstrap differs from fjordctl bootstrap's beyond credentials (-want +got):\n%s", d)
 	}
-	want := map[string]any{bootstrap.CertProviderInstance: map[string]any{
-		"plugin_name": "file_watcher",
-		"config": map[string]any{
-			"certificate_file":    filepath.Join(dir, CertFile),
-			"private_key_file":    filepath.Join(dir, KeyFile),
-			"ca_certificate_file": filepath.Join(dir, CAFile),
-			"refresh_interval":    "90s",
-		},
-	}}
+	want := map[string]any{bootstrap.CertProviderInstance: map[string]any{"plugin_name": "file_watcher", "config": files}}
 	if d := cmp.Diff(want, providers); d != "" {
 		t.Errorf("certificate_providers (-want +got):\n%s", d)
 	}

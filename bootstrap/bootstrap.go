@@ -2,6 +2,7 @@ package bootstrap
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -24,6 +25,10 @@ import (
 // DefaultXDSAddress is the control plane's plaintext xDS address in
 // standalone mode.
 const DefaultXDSAddress = "127.0.0.1:15010"
+
+// DefaultSecureXDSAddress is the control plane's secure address in
+// standalone mode: the certificate API and authenticated xDS, over TLS.
+const DefaultSecureXDSAddress = "127.0.0.1:15012"
 
 // ServerListenerTemplate is the listener name an xDS-enabled gRPC server
 // (xds.NewGRPCServer) asks for; %s is its listening address.
@@ -53,9 +58,10 @@ func Render(info node.Info, xdsAddress string) ([]byte, error) {
 
 // grpcBootstrap is the subset of grpc-go's bootstrap format Fjord writes.
 type grpcBootstrap struct {
-	XDSServers                 []grpcServer    `json:"xds_servers"`
-	Node                       json.RawMessage `json:"node"`
-	ServerListenerNameTemplate string          `json:"server_listener_resource_name_template"`
+	XDSServers                 []grpcServer                `json:"xds_servers"`
+	Node                       json.RawMessage             `json:"node"`
+	ServerListenerNameTemplate string                      `json:"server_listener_resource_name_template"`
+	CertificateProviders       map[string]grpcCertProvider `json:"certificate_providers,omitempty"`
 }
 
 type grpcServer struct {
@@ -65,13 +71,78 @@ type grpcServer struct {
 }
 
 type grpcCreds struct {
-	Type string `json:"type"`
+	Type   string             `json:"type"`
+	Config *fileWatcherConfig `json:"config,omitempty"`
+}
+
+type grpcCertProvider struct {
+	PluginName string            `json:"plugin_name"`
+	Config     fileWatcherConfig `json:"config"`
+}
+
+// fileWatcherConfig is grpc-go's file_watcher plugin config, which the "tls"
+// channel credentials (gRFC A65) take as well.
+type fileWatcherConfig struct {
+	CertificateFile   string          `json:"certificate_file,omitempty"`
+	PrivateKeyFile    string          `json:"private_key_file,omitempty"`
+	CACertificateFile string          `json:"ca_certificate_file,omitempty"`
+	RefreshInterval   json.RawMessage `json:"refresh_interval,omitempty"`
+}
+
+// FileWatcher is a set of PEM files grpc-go re-reads every RefreshInterval
+// (zero: grpc-go's default of ten minutes): a certificate chain and its key,
+// and the roots to verify peers with. Paths should be absolute, since the
+// bootstrap is read from wherever the process runs.
+type FileWatcher struct {
+	CertificateFile, PrivateKeyFile, CACertificateFile string
+	RefreshInterval                                    time.Duration
+}
+
+func (f FileWatcher) config() (*fileWatcherConfig, error) {
+	c := &fileWatcherConfig{CertificateFile: f.CertificateFile, PrivateKeyFile: f.PrivateKeyFile, CACertificateFile: f.CACertificateFile}
+	if (c.CertificateFile == "") != (c.PrivateKeyFile == "") {
+		return nil, fmt.Errorf("file watcher: certificate file %q and key file %q go together", c.CertificateFile, c.PrivateKeyFile)
+	}
+	if c.CertificateFile == "" && c.CACertificateFile == "" {
+		return nil, errors.New("file watcher: neither a certificate nor a CA certificate file")
+	}
+	if f.RefreshInterval < 0 {
+		return nil, fmt.Errorf("file watcher: refresh interval %s is negative", f.RefreshInterval)
+	}
+	if f.RefreshInterval > 0 {
+		interval, err := protojson.Marshal(durationpb.New(f.RefreshInterval))
+		if err != nil {
+			return nil, fmt.Errorf("file watcher: refresh interval %s: %w", f.RefreshInterval, err)
+		}
+		c.RefreshInterval = interval
+	}
+	return c, nil
+}
+
+// GRPCOptions add credentials to a gRPC bootstrap.
+type GRPCOptions struct {
+	// CertificateProviders become file_watcher certificate provider
+	// instances, by name; xDS resources for proxyless gRPC refer to them
+	// (CertProviderInstance) for data-plane TLS.
+	CertificateProviders map[string]FileWatcher
+	// ChannelTLS, if set, makes the channel to the control plane TLS with
+	// these files: the CA file verifies the control plane's serving
+	// certificate, the certificate and key are the client certificate that
+	// authenticated xDS (the secure port, 15012) demands.
+	ChannelTLS *FileWatcher
 }
 
 // GRPC returns grpc-go's xDS bootstrap JSON (GRPC_XDS_BOOTSTRAP) for a
 // proxyless client or server. The channel to the control plane is
 // plaintext: this is the development address, port 15010.
 func GRPC(info node.Info, xdsAddress string) ([]byte, error) {
+	return GRPCWith(info, xdsAddress, GRPCOptions{})
+}
+
+// GRPCWith is GRPC with credentials: certificate providers for data-plane
+// TLS and, for the secure port, TLS channel credentials, in the form grpc-go
+// (1.85) parses them.
+func GRPCWith(info node.Info, xdsAddress string, opts GRPCOptions) ([]byte, error) {
 	if err := check(info, node.GRPC, xdsAddress); err != nil {
 		return nil, err
 	}
@@ -79,16 +150,37 @@ func GRPC(info node.Info, xdsAddress string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding node %s: %w", info.ID(), err)
 	}
+	creds := grpcCreds{Type: "insecure"}
+	if opts.ChannelTLS != nil {
+		c, err := opts.ChannelTLS.config()
+		if err != nil {
+			return nil, fmt.Errorf("channel credentials for %s: %w", info.ID(), err)
+		}
+		creds = grpcCreds{Type: "tls", Config: c}
+	}
 	b := grpcBootstrap{
 		XDSServers: []grpcServer{{
 			ServerURI:      xdsAddress,
-			ChannelCreds:   []grpcCreds{{Type: "insecure"}},
+			ChannelCreds:   []grpcCreds{creds},
 			ServerFeatures: []string{"xds_v3"},
 		}},
 		// protojson output is deliberately unstable in whitespace;
 		// json.Marshal compacts it, so the file is byte-for-byte stable.
 		Node:                       n,
 		ServerListenerNameTemplate: ServerListenerTemplate,
+	}
+	for name, fw := range opts.CertificateProviders {
+		if name == "" {
+			return nil, fmt.Errorf("certificate provider for %s: empty name", info.ID())
+		}
+		c, err := fw.config()
+		if err != nil {
+			return nil, fmt.Errorf("certificate provider %q for %s: %w", name, info.ID(), err)
+		}
+		if b.CertificateProviders == nil {
+			b.CertificateProviders = map[string]grpcCertProvider{}
+		}
+		b.CertificateProviders[name] = grpcCertProvider{PluginName: "file_watcher", Config: *c}
 	}
 	out, err := json.MarshalIndent(b, "", "  ")
 	if err != nil {

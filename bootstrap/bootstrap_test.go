@@ -188,3 +188,59 @@ func TestGRPCBootstrapReachesServer(t *testing.T) {
 		t.Fatal("the xDS client never sent a request")
 	}
 }
+
+func secureFiles() FileWatcher {
+	return FileWatcher{
+		CertificateFile:   "/run/fjord/certs/cert.pem",
+		PrivateKeyFile:    "/run/fjord/certs/key.pem",
+		CACertificateFile: "/run/fjord/certs/ca.pem",
+		RefreshInterval:   time.Minute,
+	}
+}
+
+// TestGRPCWith: the secure bootstrap's golden form, and grpc-go (whose
+// parser builds the file_watcher providers and the TLS channel credentials
+// from it) accepts it.
+func TestGRPCWith(t *testing.T) {
+	files := secureFiles()
+	got, err := GRPCWith(info(node.GRPC), DefaultSecureXDSAddress, GRPCOptions{
+		CertificateProviders: map[string]FileWatcher{CertProviderInstance: files},
+		ChannelTLS:           &files,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "grpc-secure.json", got)
+	if _, err := xds.NewXDSResolverWithConfigForTesting(got); err != nil {
+		t.Fatalf("grpc-go rejects the bootstrap: %v\n%s", err, got)
+	}
+	plain, err := GRPCWith(info(node.GRPC), DefaultXDSAddress, GRPCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "grpc.json", plain)
+}
+
+func TestGRPCWithErrors(t *testing.T) {
+	noKey := secureFiles()
+	noKey.PrivateKeyFile = ""
+	negative := secureFiles()
+	negative.RefreshInterval = -time.Second
+	tests := map[string]struct {
+		opts GRPCOptions
+		want string
+	}{
+		"certificate without key": {GRPCOptions{ChannelTLS: &noKey}, "go together"},
+		"no files":                {GRPCOptions{ChannelTLS: &FileWatcher{}}, "neither a certificate nor a CA certificate file"},
+		"negative refresh":        {GRPCOptions{CertificateProviders: map[string]FileWatcher{"default": negative}}, `certificate provider "default"`},
+		"unnamed provider":        {GRPCOptions{CertificateProviders: map[string]FileWatcher{"": secureFiles()}}, "empty name"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := GRPCWith(info(node.GRPC), DefaultSecureXDSAddress, tc.opts)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("GRPCWith = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -46,6 +46,8 @@ local data plane:
   --out-dir DIR      proxyless gRPC: key.pem (0600), cert.pem, ca.pem, kept
                      current, and bootstrap.json, a gRPC xDS bootstrap whose
                      file_watcher certificate provider "default" reads them
+                     and whose channel to --xds-address (authenticated xDS)
+                     presents them
 
 The key never leaves this process, except to the local data plane.`,
 		Example: "  fjordctl agent --identity demo/client --token-file /run/fjord/token --ca-file /run/fjord/ca.pem \\\n" +
@@ -104,7 +106,7 @@ The key never leaves this process, except to the local data plane.`,
 	f.IntSliceVar(&sdsUIDs, "sds-allow-uid", []int{os.Getuid()}, "user ids allowed on the SDS socket (Envoy's)")
 	f.StringVar(&outDir, "out-dir", "", "keep key.pem, cert.pem, ca.pem and bootstrap.json in this directory")
 	f.StringVar(&workload, "name", "", "workload name for the node in bootstrap.json (with --out-dir; default: the service account)")
-	f.StringVar(&xdsAddress, "xds-address", "127.0.0.1:15010", "control plane xDS address for bootstrap.json")
+	f.StringVar(&xdsAddress, "xds-address", "127.0.0.1:15012", "control plane's authenticated xDS address for bootstrap.json (TLS with the workload's certificate)")
 	f.DurationVar(&refresh, "refresh-interval", agent.DefaultRefreshInterval, "how often gRPC re-reads the files (bootstrap.json)")
 	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	for _, name := range []string{"identity", "token-file", "ca-file"} {

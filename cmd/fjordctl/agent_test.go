@@ -78,7 +78,7 @@ func TestAgentCommand(t *testing.T) {
 	root.SetErr(&logs)
 	root.SetArgs([]string{"agent", "--address", lis.Addr().String(), "--identity", "demo/client",
 		"--token-file", filepath.Join(creds, tokenFile), "--ca-file", filepath.Join(creds, caFile),
-		"--out-dir", out, "--sds-socket", sock, "--xds-address", "127.0.0.1:15010"})
+		"--out-dir", out, "--sds-socket", sock, "--xds-address", "127.0.0.1:15012"})
 	done := make(chan error, 1)
 	go func() { done <- root.ExecuteContext(runCtx) }()
 

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/fjordmesh/fjord/agent"
 	"github.com/fjordmesh/fjord/bootstrap"
 	"github.com/fjordmesh/fjord/xds/node"
 )
@@ -14,6 +17,9 @@ import (
 func newBootstrap() *cobra.Command {
 	var (
 		kind, out, xdsAddress string
+		certDir               string
+		secure                bool
+		refresh               time.Duration
 		info                  node.Info
 	)
 	cmd := &cobra.Command{
@@ -26,7 +32,14 @@ func newBootstrap() *cobra.Command {
   --kind envoy  Envoy bootstrap YAML: envoy -c FILE
 
 The node id and metadata carry the namespace, workload name, service account
-and proxy kind, which the control plane requires on every xDS stream.`,
+and proxy kind, which the control plane requires on every xDS stream.
+
+  --secure --cert-dir DIR  (grpc) reach the authenticated xDS port, 15012,
+                with TLS: DIR holds what ` + "`fjordctl agent --out-dir`" + ` keeps
+                current (cert.pem, key.pem, ca.pem); the same files back the
+                certificate provider "default" for data-plane TLS. The
+                node's namespace and service account must be the
+                certificate's.`,
 		Example: "  fjordctl bootstrap --kind grpc --namespace demo --name client --service-account client -o bootstrap.json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -35,9 +48,34 @@ and proxy kind, which the control plane requires on every xDS stream.`,
 				return err
 			}
 			info.Kind = k
-			data, err := bootstrap.Render(info, xdsAddress)
-			if err != nil {
-				return err
+			if !cmd.Flags().Changed("xds-address") && secure {
+				xdsAddress = bootstrap.DefaultSecureXDSAddress
+			}
+			var data []byte
+			switch {
+			case secure && k != node.GRPC:
+				return errors.New("--secure: only for --kind grpc (Envoy reaches the secure port through SDS, not files)")
+			case secure && certDir == "":
+				return errors.New("--secure needs --cert-dir")
+			case !secure && certDir != "":
+				return errors.New("--cert-dir needs --secure")
+			case secure:
+				dir, err := filepath.Abs(certDir)
+				if err != nil {
+					return fmt.Errorf("--cert-dir: %w", err)
+				}
+				files := agent.CredentialFiles(dir, refresh)
+				data, err = bootstrap.GRPCWith(info, xdsAddress, bootstrap.GRPCOptions{
+					CertificateProviders: map[string]bootstrap.FileWatcher{bootstrap.CertProviderInstance: files},
+					ChannelTLS:           &files,
+				})
+				if err != nil {
+					return err
+				}
+			default:
+				if data, err = bootstrap.Render(info, xdsAddress); err != nil {
+					return err
+				}
 			}
 			if out == "" || out == "-" {
 				_, err := cmd.OutOrStdout().Write(data)
@@ -53,6 +91,9 @@ and proxy kind, which the control plane requires on every xDS stream.`,
 	f.StringVar(&info.ServiceAccount, "service-account", "", "service account of the workload")
 	f.StringVar(&xdsAddress, "xds-address", bootstrap.DefaultXDSAddress, "control plane xDS address (host:port)")
 	f.StringVarP(&out, "output", "o", "", "file to write (default: standard output)")
+	f.BoolVar(&secure, "secure", false, "grpc: TLS to the authenticated xDS port with the files of --cert-dir (default address "+bootstrap.DefaultSecureXDSAddress+")")
+	f.StringVar(&certDir, "cert-dir", "", "with --secure: directory of cert.pem, key.pem and ca.pem (fjordctl agent --out-dir)")
+	f.DurationVar(&refresh, "refresh-interval", agent.DefaultRefreshInterval, "with --secure: how often gRPC re-reads the files")
 	for _, name := range []string{"kind", "namespace", "name", "service-account"} {
 		_ = cmd.MarkFlagRequired(name)
 	}

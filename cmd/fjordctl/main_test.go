@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/fjordmesh/fjord/agent"
 	"github.com/fjordmesh/fjord/bootstrap"
 	"github.com/fjordmesh/fjord/xds/node"
 )
@@ -59,6 +60,25 @@ func TestBootstrapCommand(t *testing.T) {
 			t.Errorf("temporary files left behind: %v", entries)
 		}
 	})
+	t.Run("secure", func(t *testing.T) {
+		dir := t.TempDir()
+		out, err := run(t, "bootstrap", "--kind", "grpc", "--namespace", "demo", "--name", "client",
+			"--service-account", "sa", "--secure", "--cert-dir", dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files := agent.CredentialFiles(dir, agent.DefaultRefreshInterval)
+		want, err := bootstrap.GRPCWith(want, bootstrap.DefaultSecureXDSAddress, bootstrap.GRPCOptions{
+			CertificateProviders: map[string]bootstrap.FileWatcher{bootstrap.CertProviderInstance: files},
+			ChannelTLS:           &files,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := cmp.Diff(string(want), out); d != "" {
+			t.Errorf("(-want +got):\n%s", d)
+		}
+	})
 	t.Run("envoy with default address", func(t *testing.T) {
 		out, err := run(t, "bootstrap", "--kind", "envoy", "--namespace", "demo", "--name", "web", "--service-account", "web")
 		if err != nil {
@@ -80,6 +100,12 @@ func TestBootstrapCommandErrors(t *testing.T) {
 			`unknown proxy kind "linkerd"`},
 		"bad address": {[]string{"bootstrap", "--kind", "grpc", "--namespace", "a", "--name", "b", "--service-account", "c", "--xds-address", "nowhere"},
 			`xds address "nowhere"`},
+		"secure without cert dir": {[]string{"bootstrap", "--kind", "grpc", "--namespace", "a", "--name", "b", "--service-account", "c", "--secure"},
+			"--secure needs --cert-dir"},
+		"cert dir without secure": {[]string{"bootstrap", "--kind", "grpc", "--namespace", "a", "--name", "b", "--service-account", "c", "--cert-dir", "x"},
+			"--cert-dir needs --secure"},
+		"secure envoy": {[]string{"bootstrap", "--kind", "envoy", "--namespace", "a", "--name", "b", "--service-account", "c", "--secure", "--cert-dir", "x"},
+			"only for --kind grpc"},
 		"tilde in name": {[]string{"bootstrap", "--kind", "grpc", "--namespace", "a", "--name", "b~c", "--service-account", "c"},
 			"must not contain '~'"},
 	}
