@@ -62,6 +62,9 @@ type Config struct {
 	// ShutdownGrace bounds the wait for servers to stop. Default
 	// DefaultShutdownGrace.
 	ShutdownGrace time.Duration
+	// Translate are the mesh-wide translation settings (mTLS and its trust
+	// domain).
+	Translate translate.Options
 	// Log defaults to slog.Default().
 	Log *slog.Logger
 }
@@ -293,7 +296,7 @@ func (cp *ControlPlane) build(snap *model.Snapshot, persist bool) {
 	cp.logStatuses(mesh.Statuses, mesh.RouteStatuses)
 	var changed, removed int
 	for _, kind := range node.Kinds {
-		stats, err := cp.cache.Update(kind, translate.Translate(mesh, kind))
+		stats, err := cp.cache.Update(kind, translate.Translate(mesh, kind, cp.cfg.Translate))
 		if err != nil {
 			// Kinds updated before this one keep the new config: each kind's
 			// cache is consistent on its own.

@@ -28,6 +28,9 @@ type Mesh struct {
 type Service struct {
 	model.Key
 	Ports []Port `json:"ports"`
+	// ServiceAccounts are the service accounts the Service declares (see
+	// model.Service.ServiceAccounts), sorted.
+	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
 }
 
 // Port is one Service port, ready for translation.

@@ -244,7 +244,7 @@ func (r *resolver) resolveServices(in *model.Snapshot) []Service {
 	out := make([]Service, 0, len(in.Services))
 	for i := range in.Services {
 		s := &in.Services[i]
-		svc := Service{Key: s.Key, Ports: make([]Port, 0, len(s.Ports))}
+		svc := Service{Key: s.Key, Ports: make([]Port, 0, len(s.Ports)), ServiceAccounts: slices.Clone(s.ServiceAccounts)}
 		for _, sp := range s.Ports {
 			layers := r.layers(s.Key, sp.Name)
 			id := stackID(layers)

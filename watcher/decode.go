@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,6 +35,13 @@ var kindAPIVersion = map[string]string{
 	KindEndpointSlice:    discoveryv1.SchemeGroupVersion.String(),
 	KindResiliencePolicy: fjordv1a1.GroupVersion.String(),
 }
+
+// AnnotationServiceAccounts on a Service lists, comma-separated, the service
+// accounts (in the Service's namespace) its backends run as. With mTLS,
+// clients accept these identities besides those of the endpoints' pods; in
+// standalone mode, where endpoints have no pods, it is how a Service gets an
+// identity at all.
+const AnnotationServiceAccounts = "fjord.dev/service-accounts"
 
 // DefaultNamespace is the namespace of an object whose metadata names none,
 // as kubectl apply would place it.
@@ -251,9 +259,16 @@ func validateService(s *corev1.Service) error {
 
 // ServiceFromK8s reduces a Service to the ports the mesh routes. Only TCP
 // ports are kept (an empty protocol means TCP): the proxies carry HTTP and
-// gRPC, never UDP or SCTP.
+// gRPC, never UDP or SCTP. The service accounts of its
+// AnnotationServiceAccounts are kept sorted and without duplicates.
 func ServiceFromK8s(s *corev1.Service) model.Service {
 	out := model.Service{Key: model.Key{Namespace: s.Namespace, Name: s.Name}, Ports: []model.ServicePort{}}
+	for _, sa := range strings.Split(s.Annotations[AnnotationServiceAccounts], ",") {
+		if sa = strings.TrimSpace(sa); sa != "" && !slices.Contains(out.ServiceAccounts, sa) {
+			out.ServiceAccounts = append(out.ServiceAccounts, sa)
+		}
+	}
+	slices.Sort(out.ServiceAccounts)
 	for _, p := range s.Spec.Ports {
 		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
 			continue

@@ -54,6 +54,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.MeshNamespace, "namespace", policy.DefaultMeshNamespace, "the control plane's namespace: policies there without targetRefs are mesh-wide defaults")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.DurationVar(&cfg.HoldOff, "debounce", watcher.DefaultHoldOff, "how long config changes must be quiet before a rebuild")
+	fs.BoolVar(&cfg.Translate.MTLS, "mtls", false, "serve clusters and gRPC server listeners with mutual TLS through the workloads' identity agents")
 	fs.DurationVar(&cfg.MaxDelay, "max-delay", watcher.DefaultMaxDelay, "longest a config change waits for a rebuild under a stream of changes")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: fjord-cp --config-dir CONF --data-dir DATA [flags]   (standalone)\n"+

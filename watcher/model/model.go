@@ -45,6 +45,12 @@ type Snapshot struct {
 type Service struct {
 	Key
 	Ports []ServicePort `json:"ports"`
+	// ServiceAccounts are the service accounts the Service declares its
+	// backends run as (the fjord.dev/service-accounts annotation), sorted and
+	// without duplicates. Clients with mTLS accept these identities besides
+	// the ones its endpoints' pods report, which is how a Service whose
+	// endpoints have no pods (standalone mode) gets an identity.
+	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
 }
 
 // ServicePort is one port of a Service.

@@ -36,7 +36,7 @@ func BenchmarkTranslate(b *testing.B) {
 		b.Run(string(kind), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				Translate(m, kind)
+				Translate(m, kind, Options{})
 			}
 		})
 	}

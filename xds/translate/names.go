@@ -1,8 +1,11 @@
 package translate
 
 import (
+	"fmt"
+	"net"
 	"strconv"
 
+	"github.com/fjordmesh/fjord/bootstrap"
 	"github.com/fjordmesh/fjord/watcher/model"
 	"github.com/fjordmesh/fjord/xds/node"
 )
@@ -70,4 +73,29 @@ func RouteName(kind node.Kind, svc model.Key, port int32) string {
 		return strconv.Itoa(int(port))
 	}
 	return Authority(svc, port)
+}
+
+// Names of what the pod-local identity agent (fjordctl agent) provides; the
+// clusters and listeners of mTLS only refer to them, so the values must be
+// the agent's.
+const (
+	// sdsSecretCertificate is the SDS secret with the workload's
+	// certificate chain and key.
+	sdsSecretCertificate = "default"
+	// sdsSecretRootCA is the SDS secret with the trust bundle.
+	sdsSecretRootCA = "ROOTCA"
+	// certProviderInstance is the certificate provider in the gRPC
+	// bootstrap (a file_watcher over the agent's --out-dir) for both the
+	// identity and the roots.
+	certProviderInstance = "default"
+	// SDSClusterName is the static cluster in Envoy's bootstrap that
+	// reaches the agent's SDS socket (its --sds-socket, a pipe address).
+	SDSClusterName = "sds-grpc"
+)
+
+// ServerListenerName is the listener an xDS-enabled gRPC server
+// (xds.NewGRPCServer) listening on address:port asks for, as its bootstrap's
+// server_listener_resource_name_template makes it.
+func ServerListenerName(address string, port int32) string {
+	return fmt.Sprintf(bootstrap.ServerListenerTemplate, net.JoinHostPort(address, strconv.Itoa(int(port))))
 }

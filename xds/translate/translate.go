@@ -25,18 +25,28 @@ import (
 // api_listener and route configuration per Service port. A kind other than
 // Envoy or GRPC gets clusters and endpoints only. Each list is sorted by
 // resource name; m is not modified and a nil m is an empty mesh.
-func Translate(m *policy.Mesh, kind node.Kind) *Resources {
+//
+// Proxyless gRPC also gets the listeners of xDS-enabled gRPC servers, one
+// per endpoint address and port (see grpcServerListeners). With opts.MTLS,
+// the clusters of both kinds and those server listeners carry TLS contexts
+// that refer to the pod-local agent's credentials (see tls.go); Envoy's
+// inbound side is not translated yet.
+func Translate(m *policy.Mesh, kind node.Kind, opts Options) *Resources {
 	r := &Resources{}
 	var ports []servicePort
 	if m != nil {
 		for i := range m.Services {
 			for j := range m.Services[i].Ports {
-				ports = append(ports, servicePort{svc: m.Services[i].Key, port: &m.Services[i].Ports[j]})
+				ports = append(ports, servicePort{svc: m.Services[i].Key, port: &m.Services[i].Ports[j], accounts: m.Services[i].ServiceAccounts})
 			}
 		}
 	}
 	for _, sp := range ports {
-		r.Clusters = append(r.Clusters, cluster(sp))
+		c := cluster(sp)
+		if opts.MTLS {
+			c.TransportSocket = upstreamTLS(kind, sp, opts)
+		}
+		r.Clusters = append(r.Clusters, c)
 		r.Endpoints = append(r.Endpoints, loadAssignment(sp))
 	}
 	switch kind {
@@ -48,6 +58,7 @@ func Translate(m *policy.Mesh, kind node.Kind) *Resources {
 			r.Listeners = append(r.Listeners, grpcListener(sp))
 			r.Routes = append(r.Routes, grpcRouteConfiguration(sp))
 		}
+		r.Listeners = append(r.Listeners, grpcServerListeners(m, opts)...)
 	}
 	sortByName(r.Clusters)
 	sortByName(r.Endpoints)
@@ -60,6 +71,8 @@ func Translate(m *policy.Mesh, kind node.Kind) *Resources {
 type servicePort struct {
 	svc  model.Key
 	port *policy.Port
+	// accounts are the service accounts the Service declares.
+	accounts []string
 }
 
 func (sp servicePort) clusterName() string { return ClusterName(sp.svc, sp.port.Port) }

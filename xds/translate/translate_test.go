@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -44,6 +45,15 @@ func goldenCases(t *testing.T) []string {
 		cases = append(cases, strings.TrimSuffix(filepath.Base(in), ".in.yaml"))
 	}
 	return cases
+}
+
+// caseOptions are the translation options of a golden case: mTLS (in the
+// default trust domain) for the cases named mtls*, none otherwise.
+func caseOptions(name string) Options {
+	if strings.HasPrefix(name, "mtls") {
+		return Options{MTLS: true}
+	}
+	return Options{}
 }
 
 // readMesh decodes testdata/<name>.in.yaml strictly, so that a misspelt
@@ -114,7 +124,7 @@ func TestGolden(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			m := readMesh(t, name)
 			for _, kind := range node.Kinds {
-				for typ, ms := range byType(Translate(m, kind)) {
+				for typ, ms := range byType(Translate(m, kind, caseOptions(name))) {
 					file := fmt.Sprintf("%s.%s.%s.yaml", name, kind, typ)
 					produced[file] = true
 					path := filepath.Join("testdata", file)
@@ -165,7 +175,7 @@ func TestValidateAll(t *testing.T) {
 	for _, name := range goldenCases(t) {
 		m := readMesh(t, name)
 		for _, kind := range node.Kinds {
-			for typ, ms := range byType(Translate(m, kind)) {
+			for typ, ms := range byType(Translate(m, kind, caseOptions(name))) {
 				for _, msg := range ms {
 					if err := validateDeep(msg); err != nil {
 						t.Errorf("%s %s %s %q: %v", name, kind, typ, resourceName(msg), err)
@@ -223,7 +233,7 @@ func TestReferences(t *testing.T) {
 	for _, name := range goldenCases(t) {
 		m := readMesh(t, name)
 		for _, kind := range node.Kinds {
-			r := Translate(m, kind)
+			r := Translate(m, kind, caseOptions(name))
 			clusters, routes, cla := map[string]bool{}, map[string]bool{}, map[string]bool{}
 			for _, c := range r.Clusters {
 				clusters[c.GetName()] = true
@@ -270,6 +280,11 @@ func TestReferences(t *testing.T) {
 						if host := fmt.Sprintf("%s.%s.svc.cluster.local:%d", s.Name, s.Namespace, p.Port); !listeners[host] {
 							t.Errorf("%s: no listener for a client dialling xds:///%s", name, host)
 						}
+						for _, e := range p.Endpoints {
+							if srv := "grpc/server?xds.resource.listening_address=" + net.JoinHostPort(e.Address, fmt.Sprint(e.Port)); !listeners[srv] {
+								t.Errorf("%s: no listener for an xDS gRPC server on %s:%d", name, e.Address, e.Port)
+							}
+						}
 					}
 				}
 			}
@@ -299,7 +314,7 @@ func routeClusters(rt *routev3.Route) []string {
 }
 
 // rdsNames returns the route configuration names a listener's connection
-// managers load over RDS.
+// managers load over RDS (an inline route configuration is not one).
 func rdsNames(t *testing.T, l *listenerv3.Listener) []string {
 	t.Helper()
 	var anys []*anypb.Any
@@ -320,7 +335,9 @@ func rdsNames(t *testing.T, l *listenerv3.Listener) []string {
 		if err := a.UnmarshalTo(hcm); err != nil {
 			t.Fatalf("listener %q: %v", l.GetName(), err)
 		}
-		names = append(names, hcm.GetRds().GetRouteConfigName())
+		if rds := hcm.GetRds(); rds != nil {
+			names = append(names, rds.GetRouteConfigName())
+		}
 	}
 	return names
 }
@@ -331,7 +348,7 @@ func TestDomainsUnique(t *testing.T) {
 	for _, name := range goldenCases(t) {
 		m := readMesh(t, name)
 		for _, kind := range node.Kinds {
-			for _, rc := range Translate(m, kind).Routes {
+			for _, rc := range Translate(m, kind, caseOptions(name)).Routes {
 				owner := map[string]string{}
 				for _, vh := range rc.GetVirtualHosts() {
 					for _, d := range vh.GetDomains() {
@@ -346,12 +363,13 @@ func TestDomainsUnique(t *testing.T) {
 	}
 }
 
-// TestSameClustersForBothKinds pins the decision that both proxy kinds get
-// identical clusters and endpoints (Envoy has the passthrough cluster on top).
+// TestSameClustersForBothKinds pins the decision that without mTLS both
+// proxy kinds get identical clusters and endpoints (Envoy has the
+// passthrough cluster on top); with mTLS only the transport sockets differ.
 func TestSameClustersForBothKinds(t *testing.T) {
 	for _, name := range goldenCases(t) {
 		m := readMesh(t, name)
-		e, g := Translate(m, node.Envoy), Translate(m, node.GRPC)
+		e, g := Translate(m, node.Envoy, Options{}), Translate(m, node.GRPC, Options{})
 		envoyClusters := slices.DeleteFunc(slices.Clone(e.Clusters), func(c *clusterv3.Cluster) bool {
 			return c.GetName() == PassthroughClusterName
 		})
@@ -374,17 +392,17 @@ func TestDeterministic(t *testing.T) {
 		for _, kind := range node.Kinds {
 			m := readMesh(t, name)
 			pristine := readMesh(t, name)
-			first := Translate(m, kind)
+			first := Translate(m, kind, caseOptions(name))
 			if diff := cmp.Diff(pristine, m); diff != "" {
 				t.Fatalf("%s %s: Translate modified its input (-before +after):\n%s", name, kind, diff)
 			}
-			if diff := cmp.Diff(first, Translate(m, kind), protocmp.Transform()); diff != "" {
+			if diff := cmp.Diff(first, Translate(m, kind, caseOptions(name)), protocmp.Transform()); diff != "" {
 				t.Errorf("%s %s: second translation differs:\n%s", name, kind, diff)
 			}
 			for range 5 {
 				shuffled := readMesh(t, name)
 				shuffle(rng, shuffled)
-				if diff := cmp.Diff(first, Translate(shuffled, kind), protocmp.Transform()); diff != "" {
+				if diff := cmp.Diff(first, Translate(shuffled, kind, caseOptions(name)), protocmp.Transform()); diff != "" {
 					t.Errorf("%s %s: shuffled input gives different output:\n%s", name, kind, diff)
 				}
 			}
@@ -396,6 +414,8 @@ func shuffle(rng *rand.Rand, m *policy.Mesh) {
 	mix := func(n int, swap func(i, j int)) { rng.Shuffle(n, swap) }
 	mix(len(m.Services), func(i, j int) { m.Services[i], m.Services[j] = m.Services[j], m.Services[i] })
 	for i := range m.Services {
+		sas := m.Services[i].ServiceAccounts
+		mix(len(sas), func(a, b int) { sas[a], sas[b] = sas[b], sas[a] })
 		ports := m.Services[i].Ports
 		mix(len(ports), func(a, b int) { ports[a], ports[b] = ports[b], ports[a] })
 		for j := range ports {

@@ -1,0 +1,266 @@
+package translate
+
+import (
+	"slices"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/fjordmesh/fjord/policy"
+	"github.com/fjordmesh/fjord/xds/node"
+)
+
+// Mutual TLS only ever refers to credentials: Envoy's to the SDS secrets the
+// pod-local agent serves on its socket, proxyless gRPC's to the certificate
+// provider instance of its bootstrap (a file_watcher over the files the
+// agent keeps fresh). No key or certificate is ever part of a resource, so a
+// certificate rotation changes no cluster or listener.
+
+// DefaultTrustDomain is the trust domain of SPIFFE IDs when Options names
+// none; it is the certificate authority's default.
+const DefaultTrustDomain = "cluster.local"
+
+// Options are the mesh-wide settings of a translation that do not come from
+// the mesh's objects.
+type Options struct {
+	// MTLS makes clients speak mutual TLS to every Service and verify its
+	// SPIFFE IDs, and makes xDS-enabled gRPC servers require client
+	// certificates.
+	MTLS bool
+	// TrustDomain is the trust domain of the SPIFFE IDs clients expect;
+	// DefaultTrustDomain when empty.
+	TrustDomain string
+}
+
+func (o Options) trustDomain() string {
+	if o.TrustDomain == "" {
+		return DefaultTrustDomain
+	}
+	return o.TrustDomain
+}
+
+// spiffeID is spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>,
+// the URI SAN the certificate authority writes into every leaf (the certs
+// package parses and validates it; this package only needs to produce it,
+// and certs brings a clock and randomness a pure package must not import).
+func spiffeID(trustDomain, namespace, serviceAccount string) string {
+	return "spiffe://" + trustDomain + "/ns/" + namespace + "/sa/" + serviceAccount
+}
+
+// peerIdentities are the SPIFFE IDs a client accepts from the backends of
+// one Service port: those of the service accounts its endpoints' pods run
+// as and those the Service declares, sorted and without duplicates. Empty
+// when neither is known.
+func peerIdentities(sp servicePort, trustDomain string) []string {
+	var ids []string
+	add := func(sa string) {
+		if sa == "" {
+			return
+		}
+		if id := spiffeID(trustDomain, sp.svc.Namespace, sa); !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	for _, sa := range sp.accounts {
+		add(sa)
+	}
+	for _, e := range sp.port.Endpoints {
+		add(e.ServiceAccount)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// sanMatchers accept exactly ids, or, when no identity of the destination
+// is known, any identity of the trust domain: the connection is still
+// authenticated by the mesh's roots and encrypted, but not bound to a
+// service account. Binding to nothing would fail every request instead.
+func sanMatchers(ids []string, trustDomain string) []*matcherv3.StringMatcher {
+	if len(ids) == 0 {
+		return []*matcherv3.StringMatcher{{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://" + trustDomain + "/"}}}
+	}
+	ms := make([]*matcherv3.StringMatcher, len(ids))
+	for i, id := range ids {
+		ms[i] = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id}}
+	}
+	return ms
+}
+
+// tlsTransportSocket wraps a TLS context (Upstream or Downstream) as the
+// transport socket both Envoy and gRPC recognise by name.
+func tlsTransportSocket(ctx proto.Message) *corev3.TransportSocket {
+	return &corev3.TransportSocket{
+		Name:       wellknown.TransportSocketTLS,
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: typed(ctx)},
+	}
+}
+
+// envoyUpstreamTLS is an Envoy cluster's client side: the workload's
+// certificate and the trust bundle come from the agent over SDS; the peer
+// must present one of ids as a URI SAN. SNI carries the destination host,
+// for the server's logs and for TLS-inspecting middleboxes; nothing routes
+// on it.
+func envoyUpstreamTLS(host string, ids []string, trustDomain string) *corev3.TransportSocket {
+	sans := sanMatchers(ids, trustDomain)
+	typedSANs := make([]*tlsv3.SubjectAltNameMatcher, len(sans))
+	for i, m := range sans {
+		typedSANs[i] = &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_URI, Matcher: m}
+	}
+	return tlsTransportSocket(&tlsv3.UpstreamTlsContext{
+		Sni: host,
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(sdsSecretCertificate)},
+			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
+				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+					DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: typedSANs},
+					ValidationContextSdsSecretConfig: sdsSecret(sdsSecretRootCA),
+				},
+			},
+		},
+	})
+}
+
+// sdsSecret refers to one of the agent's secrets, fetched over gRPC through
+// the bootstrap's SDSClusterName.
+func sdsSecret(name string) *tlsv3.SdsSecretConfig {
+	return &tlsv3.SdsSecretConfig{
+		Name: name,
+		SdsConfig: &corev3.ConfigSource{
+			ResourceApiVersion: corev3.ApiVersion_V3,
+			ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: &corev3.ApiConfigSource{
+				ApiType:                   corev3.ApiConfigSource_GRPC,
+				TransportApiVersion:       corev3.ApiVersion_V3,
+				SetNodeOnFirstMessageOnly: true,
+				GrpcServices: []*corev3.GrpcService{{
+					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: SDSClusterName}},
+				}},
+			}},
+		},
+	}
+}
+
+// grpcProvider refers to the certificate provider of the gRPC bootstrap.
+func grpcProvider() *tlsv3.CertificateProviderPluginInstance {
+	return &tlsv3.CertificateProviderPluginInstance{InstanceName: certProviderInstance}
+}
+
+// grpcUpstreamTLS is a proxyless gRPC cluster's client side. gRPC accepts
+// only certificate provider instances (SDS and inline material are
+// NACKed), and reads SAN matchers only from match_subject_alt_names, which
+// it compares with every SAN of the peer's leaf, URIs included.
+func grpcUpstreamTLS(ids []string, trustDomain string) *corev3.TransportSocket {
+	return tlsTransportSocket(&tlsv3.UpstreamTlsContext{
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsCertificateProviderInstance: grpcProvider(),
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				CaCertificateProviderInstance: grpcProvider(),
+				MatchSubjectAltNames:          sanMatchers(ids, trustDomain),
+			}},
+		},
+	})
+}
+
+// grpcDownstreamTLS is an xDS-enabled gRPC server's side: its certificate,
+// and a client certificate chaining to the bundle is required. gRPC NACKs
+// SAN matchers on the server, so which clients may call is not decided
+// here.
+func grpcDownstreamTLS() *corev3.TransportSocket {
+	return tlsTransportSocket(&tlsv3.DownstreamTlsContext{
+		RequireClientCertificate: wrapperspb.Bool(true),
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsCertificateProviderInstance: grpcProvider(),
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				CaCertificateProviderInstance: grpcProvider(),
+			}},
+		},
+	})
+}
+
+// grpcServerListeners are the listeners xDS-enabled gRPC servers ask for:
+// one per endpoint address and port of every Service port, named by
+// ServerListenerName. The server's config is the same whichever Service
+// selects it, so an address:port that several Services share is one
+// listener. gRPC checks that the listener's address is the one it listens
+// on, so the address is the endpoint's.
+func grpcServerListeners(m *policy.Mesh, opts Options) []*listenerv3.Listener {
+	if m == nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	var out []*listenerv3.Listener
+	for i := range m.Services {
+		for j := range m.Services[i].Ports {
+			for _, e := range m.Services[i].Ports[j].Endpoints {
+				name := ServerListenerName(e.Address, e.Port)
+				if seen[name] {
+					continue
+				}
+				seen[name] = true
+				out = append(out, grpcServerListener(name, e.Address, e.Port, opts.MTLS))
+			}
+		}
+	}
+	return out
+}
+
+// grpcServerListener accepts every RPC: gRPC requires a route
+// configuration on a server listener and serves only routes whose action is
+// non_forwarding_action. Without mTLS there is no transport socket, and
+// the server uses its fallback (plaintext) credentials.
+func grpcServerListener(name, address string, port int32, mtls bool) *listenerv3.Listener {
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix: name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+			Name: name,
+			VirtualHosts: []*routev3.VirtualHost{{
+				Name:    "inbound",
+				Domains: []string{"*"},
+				Routes: []*routev3.Route{{
+					Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+					Action: &routev3.Route_NonForwardingAction{NonForwardingAction: &routev3.NonForwardingAction{}},
+				}},
+			}},
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{{
+			Name:       wellknown.Router,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{})},
+		}},
+	}
+	chain := &listenerv3.FilterChain{
+		Name: "inbound",
+		Filters: []*listenerv3.Filter{{
+			Name:       wellknown.HTTPConnectionManager,
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(hcm)},
+		}},
+	}
+	if mtls {
+		chain.TransportSocket = grpcDownstreamTLS()
+	}
+	return &listenerv3.Listener{
+		Name:             name,
+		Address:          socketAddress(address, uint32(port)),
+		TrafficDirection: corev3.TrafficDirection_INBOUND,
+		FilterChains:     []*listenerv3.FilterChain{chain},
+	}
+}
+
+// upstreamTLS is the transport socket of the cluster of sp for kind; nil
+// for a kind without mTLS support.
+func upstreamTLS(kind node.Kind, sp servicePort, opts Options) *corev3.TransportSocket {
+	ids := peerIdentities(sp, opts.trustDomain())
+	switch kind {
+	case node.Envoy:
+		return envoyUpstreamTLS(Host(sp.svc), ids, opts.trustDomain())
+	case node.GRPC:
+		return grpcUpstreamTLS(ids, opts.trustDomain())
+	}
+	return nil
+}
