@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -11,30 +12,93 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fjordmesh/fjord/certs"
+	"github.com/fjordmesh/fjord/certs/api"
 	"github.com/fjordmesh/fjord/xds/cache"
 	"github.com/fjordmesh/fjord/xds/node"
 )
 
-var _ serverv3.Callbacks = (*Server)(nil)
+// Reasons of fjord_xds_auth_failures_total.
+const (
+	reasonNoCertificate  = "no_certificate"  // no verified client certificate
+	reasonBadCertificate = "bad_certificate" // verified, but no SPIFFE ID of the trust domain
+	reasonMismatch       = "identity_mismatch"
+	reasonNodeChanged    = "node_changed"
+)
 
-// streamKey names a stream. The state-of-the-world and delta servers number
-// their streams independently, so the id alone is ambiguous.
+var authReasons = []string{reasonNoCertificate, reasonBadCertificate, reasonMismatch, reasonNodeChanged}
+
+// callbacks are go-control-plane's callbacks for one port. trustDomain is
+// empty on the plaintext port; on the secure port every stream must
+// authenticate in it.
+type callbacks struct {
+	s           *Server
+	trustDomain string
+}
+
+var _ serverv3.Callbacks = callbacks{}
+
+func (c callbacks) secure() bool { return c.trustDomain != "" }
+
+// streamKey names a stream. Each port's go-control-plane server, and in it
+// the state-of-the-world and delta servers, number their streams
+// independently, so the id alone is ambiguous.
 type streamKey struct {
-	delta bool
-	id    int64
+	secure bool
+	delta  bool
+	id     int64
 }
 
 // stream is what the server knows about one open stream: the identity fixed
-// by its first request.
+// by its first request, and on the secure port the peer's certificate
+// identity, fixed by the connection.
 type stream struct {
 	node *corev3.Node // nil until the first request is accepted
 	info node.Info
+	peer *certs.Identity // nil on the plaintext port
 }
 
-func (s *Server) open(k streamKey) error {
-	s.mu.Lock()
-	s.streams[k] = &stream{}
-	s.mu.Unlock()
+// authenticate returns the caller's certificate identity on the secure port
+// (nil on the plaintext one), or Unauthenticated.
+func (c callbacks) authenticate(ctx context.Context) (*certs.Identity, error) {
+	if !c.secure() {
+		return nil, nil
+	}
+	id, err := api.PeerIdentity(ctx, c.trustDomain)
+	if err != nil {
+		reason := reasonBadCertificate
+		if errors.Is(err, api.ErrNoPeerIdentity) {
+			reason = reasonNoCertificate
+		}
+		c.s.metrics.authFailures.WithLabelValues(reason).Inc()
+		c.s.log.Warn("xDS stream refused: not authenticated", "reason", reason, "error", err)
+		return nil, status.Errorf(codes.Unauthenticated, "authenticated xDS: %v", err)
+	}
+	return &id, nil
+}
+
+// authorize checks that the node is the certificate's workload: its
+// namespace and service account are the SPIFFE ID's.
+func (s *Server) authorize(peer *certs.Identity, info node.Info, n *corev3.Node, typeURL string) error {
+	if peer == nil || (info.Namespace == peer.Namespace && info.ServiceAccount == peer.ServiceAccount) {
+		return nil
+	}
+	s.metrics.authFailures.WithLabelValues(reasonMismatch).Inc()
+	s.log.Warn("xDS stream refused: node is not the certificate's identity",
+		"node", n.GetId(), "namespace", info.Namespace, "service_account", info.ServiceAccount,
+		"identity", peer.String(), "type", typeURL)
+	return status.Errorf(codes.PermissionDenied, "node %q (namespace %q, service account %q) is not %s",
+		n.GetId(), info.Namespace, info.ServiceAccount, peer)
+}
+
+func (c callbacks) open(ctx context.Context, k streamKey) error {
+	peer, err := c.authenticate(ctx)
+	if err != nil {
+		return err
+	}
+	c.s.mu.Lock()
+	c.s.streams[k] = &stream{peer: peer}
+	c.s.mu.Unlock()
 	return nil
 }
 
@@ -49,17 +113,24 @@ func (s *Server) closed(k streamKey) {
 }
 
 // request checks the node of a request. The first request of a stream must
-// carry a complete identity; later ones may omit the node (Envoy and grpc-go
-// send it once) but must not present another one: the resources a stream is
-// served depend on who it is, and that cannot change under it.
+// carry a complete identity, on the secure port the certificate's; later
+// ones may omit the node (Envoy and grpc-go send it once) but must not
+// present another one: the resources a stream is served depend on who it
+// is, and that cannot change under it.
 func (s *Server) request(k streamKey, n *corev3.Node, typeURL, nonce string, nack *statuspb.Status) error {
 	s.mu.Lock()
 	st := s.streams[k]
-	if st == nil {
+	if st == nil && !k.secure {
 		st = &stream{}
 		s.streams[k] = st
 	}
-	pinned := st.node
+	s.mu.Unlock()
+	if st == nil {
+		// A secure stream exists only once authenticated.
+		return status.Error(codes.Unauthenticated, "authenticated xDS: stream was not authenticated")
+	}
+	s.mu.Lock()
+	pinned, peer := st.node, st.peer
 	s.mu.Unlock()
 
 	switch {
@@ -69,12 +140,18 @@ func (s *Server) request(k streamKey, n *corev3.Node, typeURL, nonce string, nac
 			s.log.Warn("xDS stream refused: bad node identity", "node", n.GetId(), "type", typeURL, "error", err)
 			return status.Errorf(codes.InvalidArgument, "node identity: %v", err)
 		}
+		if err := s.authorize(peer, info, n, typeURL); err != nil {
+			return err
+		}
 		s.mu.Lock()
 		st.node, st.info = n, info
 		s.mu.Unlock()
 		s.metrics.connected.WithLabelValues(string(info.Kind)).Inc()
 		pinned = n
 	case n != nil && n != pinned && (n.GetId() != pinned.GetId() || !proto.Equal(n.GetMetadata(), pinned.GetMetadata())):
+		if peer != nil {
+			s.metrics.authFailures.WithLabelValues(reasonNodeChanged).Inc()
+		}
 		s.log.Warn("xDS stream refused: node changed mid-stream", "node", pinned.GetId(), "new_node", n.GetId(), "type", typeURL)
 		return status.Errorf(codes.PermissionDenied, "node %q: a stream's node identity cannot change (now %q)", pinned.GetId(), n.GetId())
 	}
@@ -92,57 +169,64 @@ func (s *Server) pushed(typeURL string) {
 }
 
 // OnStreamOpen is called by go-control-plane when a state-of-the-world
-// stream opens.
-func (s *Server) OnStreamOpen(_ context.Context, id int64, _ string) error {
-	return s.open(streamKey{id: id})
+// stream opens; on the secure port it authenticates the caller.
+func (c callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	return c.open(ctx, streamKey{secure: c.secure(), id: id})
 }
 
 // OnStreamClosed is called by go-control-plane when a state-of-the-world
 // stream ends.
-func (s *Server) OnStreamClosed(id int64, _ *corev3.Node) {
-	s.closed(streamKey{id: id})
+func (c callbacks) OnStreamClosed(id int64, _ *corev3.Node) {
+	c.s.closed(streamKey{secure: c.secure(), id: id})
 }
 
 // OnStreamRequest checks the identity of a state-of-the-world request and
 // records NACKs.
-func (s *Server) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
-	return s.request(streamKey{id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
+func (c callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	return c.s.request(streamKey{secure: c.secure(), id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
 }
 
 // OnStreamResponse counts a state-of-the-world push.
-func (s *Server) OnStreamResponse(_ context.Context, _ int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
-	s.pushed(resp.GetTypeUrl())
+func (c callbacks) OnStreamResponse(_ context.Context, _ int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	c.s.pushed(resp.GetTypeUrl())
 }
 
-// OnDeltaStreamOpen is called by go-control-plane when a delta stream opens.
-func (s *Server) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
-	return s.open(streamKey{delta: true, id: id})
+// OnDeltaStreamOpen is called by go-control-plane when a delta stream
+// opens; on the secure port it authenticates the caller.
+func (c callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	return c.open(ctx, streamKey{secure: c.secure(), delta: true, id: id})
 }
 
 // OnDeltaStreamClosed is called by go-control-plane when a delta stream ends.
-func (s *Server) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
-	s.closed(streamKey{delta: true, id: id})
+func (c callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
+	c.s.closed(streamKey{secure: c.secure(), delta: true, id: id})
 }
 
 // OnStreamDeltaRequest checks the identity of a delta request and records
 // NACKs.
-func (s *Server) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-	return s.request(streamKey{delta: true, id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
+func (c callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	return c.s.request(streamKey{secure: c.secure(), delta: true, id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
 }
 
 // OnStreamDeltaResponse counts a delta push.
-func (s *Server) OnStreamDeltaResponse(_ int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
-	s.pushed(resp.GetTypeUrl())
+func (c callbacks) OnStreamDeltaResponse(_ int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+	c.s.pushed(resp.GetTypeUrl())
 }
 
-// OnFetchRequest checks the identity of a one-shot request.
-func (s *Server) OnFetchRequest(_ context.Context, req *discoveryv3.DiscoveryRequest) error {
-	if _, err := node.FromNode(req.GetNode()); err != nil {
+// OnFetchRequest checks the identity of a one-shot request, on the secure
+// port against the caller's certificate.
+func (c callbacks) OnFetchRequest(ctx context.Context, req *discoveryv3.DiscoveryRequest) error {
+	peer, err := c.authenticate(ctx)
+	if err != nil {
+		return err
+	}
+	info, err := node.FromNode(req.GetNode())
+	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "node identity: %v", err)
 	}
-	return nil
+	return c.s.authorize(peer, info, req.GetNode(), req.GetTypeUrl())
 }
 
 // OnFetchResponse is part of go-control-plane's callbacks; a fetch is not a
 // push and is not counted.
-func (s *Server) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
+func (callbacks) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}

@@ -13,6 +13,8 @@ type metrics struct {
 	connected *prometheus.GaugeVec
 	pushes    *prometheus.CounterVec
 	nacks     *prometheus.CounterVec
+	// authFailures counts streams and fetches the secure port refused.
+	authFailures *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -29,6 +31,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "fjord_xds_nacks_total",
 			Help: "xDS responses rejected by proxies, by resource type.",
 		}, []string{"type"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fjord_xds_auth_failures_total",
+			Help: "xDS streams and fetches refused on the authenticated port, by reason: no_certificate, bad_certificate (no SPIFFE ID of the trust domain), identity_mismatch (node is not the certificate's namespace and service account), node_changed (mid-stream).",
+		}, []string{"reason"}),
 	}
 	// Every series exists from the start, so a dashboard shows 0, not nothing.
 	for _, k := range node.Kinds {
@@ -38,8 +44,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.pushes.WithLabelValues(cache.TypeName(u))
 		m.nacks.WithLabelValues(cache.TypeName(u))
 	}
+	for _, r := range authReasons {
+		m.authFailures.WithLabelValues(r)
+	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.pushes, m.nacks)
+		reg.MustRegister(m.connected, m.pushes, m.nacks, m.authFailures)
 	}
 	return m
 }

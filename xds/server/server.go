@@ -24,9 +24,12 @@ import (
 	"github.com/fjordmesh/fjord/xds/cache"
 )
 
-// Server serves one cache to every proxy.
+// Server serves one cache to every proxy, on a plaintext port (Register)
+// and on the authenticated secure port (RegisterAuthenticated).
 type Server struct {
 	xds     serverv3.Server
+	cache   *cache.Cache
+	ctx     context.Context
 	log     *slog.Logger
 	metrics *metrics
 	stop    context.CancelFunc
@@ -41,12 +44,22 @@ type Server struct {
 func New(c *cache.Cache, reg prometheus.Registerer, log *slog.Logger) *Server {
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Server{
+		cache:   c,
+		ctx:     ctx,
 		log:     log,
 		metrics: newMetrics(reg),
 		stop:    stop,
 		streams: map[streamKey]*stream{},
 	}
-	s.xds = serverv3.NewServer(ctx, c, s,
+	s.xds = s.newXDS(callbacks{s: s})
+	return s
+}
+
+// newXDS is a go-control-plane server over the cache reporting to cb. Each
+// port has its own, so its callbacks know how the stream came in.
+func (s *Server) newXDS(cb callbacks) serverv3.Server {
+	log := s.log
+	return serverv3.NewServer(s.ctx, s.cache, cb,
 		// One response channel per ADS stream, so a change reaches the proxy
 		// in the order the cache emits it: clusters, endpoints, listeners,
 		// routes, which lets a new cluster warm before a route uses it.
@@ -65,17 +78,33 @@ func New(c *cache.Cache, reg prometheus.Registerer, log *slog.Logger) *Server {
 			ErrorFunc: func(f string, a ...any) { log.Error(fmt.Sprintf(f, a...)) },
 		}),
 	)
-	return s
 }
 
 // Register adds the aggregated service (state-of-the-world and delta) and
 // the per-type cluster, endpoint, listener and route services to g.
+// Streams there are not authenticated: it is the development port.
 func (s *Server) Register(g *grpc.Server) {
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
-	clusterservice.RegisterClusterDiscoveryServiceServer(g, s.xds)
-	endpointservice.RegisterEndpointDiscoveryServiceServer(g, s.xds)
-	listenerservice.RegisterListenerDiscoveryServiceServer(g, s.xds)
-	routeservice.RegisterRouteDiscoveryServiceServer(g, s.xds)
+	register(g, s.xds)
+}
+
+// RegisterAuthenticated adds the same services to g, the secure port, whose
+// TLS config verifies client certificates against the mesh's CA bundle
+// (certs.Serving). There every stream and fetch must present a certificate
+// with a SPIFFE ID in trustDomain (else Unauthenticated), and the node's
+// namespace and service account must be the certificate's (else
+// PermissionDenied); the node is pinned for the stream's life, so the
+// binding holds for all of it. Refusals are logged and counted in
+// fjord_xds_auth_failures_total{reason}.
+func (s *Server) RegisterAuthenticated(g *grpc.Server, trustDomain string) {
+	register(g, s.newXDS(callbacks{s: s, trustDomain: trustDomain}))
+}
+
+func register(g *grpc.Server, x serverv3.Server) {
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, x)
+	clusterservice.RegisterClusterDiscoveryServiceServer(g, x)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(g, x)
+	listenerservice.RegisterListenerDiscoveryServiceServer(g, x)
+	routeservice.RegisterRouteDiscoveryServiceServer(g, x)
 }
 
 // Close ends every open stream (the proxies reconnect elsewhere or later).
