@@ -75,23 +75,12 @@ func RouteName(kind node.Kind, svc model.Key, port int32) string {
 	return Authority(svc, port)
 }
 
-// Names of what the pod-local identity agent (fjordctl agent) provides; the
-// clusters and listeners of mTLS only refer to them, so the values must be
-// the agent's.
-const (
-	// sdsSecretCertificate is the SDS secret with the workload's
-	// certificate chain and key.
-	sdsSecretCertificate = "default"
-	// sdsSecretRootCA is the SDS secret with the trust bundle.
-	sdsSecretRootCA = "ROOTCA"
-	// certProviderInstance is the certificate provider in the gRPC
-	// bootstrap (a file_watcher over the agent's --out-dir) for both the
-	// identity and the roots.
-	certProviderInstance = "default"
-	// SDSClusterName is the static cluster in Envoy's bootstrap that
-	// reaches the agent's SDS socket (its --sds-socket, a pipe address).
-	SDSClusterName = "sds-grpc"
-)
+// SDSClusterName is the static cluster in Envoy's bootstrap that reaches
+// the pod-local identity agent's SDS socket (its --sds-socket, as a pipe
+// address). The SDS secrets and gRPC certificate provider that mTLS
+// resources refer to are named in the bootstrap package, beside the
+// bootstraps that define them.
+const SDSClusterName = "sds-grpc"
 
 // ServerListenerName is the listener an xDS-enabled gRPC server
 // (xds.NewGRPCServer) listening on address:port asks for, as its bootstrap's

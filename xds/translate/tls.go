@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/fjordmesh/fjord/bootstrap"
 	"github.com/fjordmesh/fjord/policy"
 	"github.com/fjordmesh/fjord/xds/node"
 )
@@ -117,11 +118,11 @@ func envoyUpstreamTLS(host string, ids []string, trustDomain string) *corev3.Tra
 	return tlsTransportSocket(&tlsv3.UpstreamTlsContext{
 		Sni: host,
 		CommonTlsContext: &tlsv3.CommonTlsContext{
-			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(sdsSecretCertificate)},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(bootstrap.SecretCertificate)},
 			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
 				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 					DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: typedSANs},
-					ValidationContextSdsSecretConfig: sdsSecret(sdsSecretRootCA),
+					ValidationContextSdsSecretConfig: sdsSecret(bootstrap.SecretRootCA),
 				},
 			},
 		},
@@ -149,7 +150,7 @@ func sdsSecret(name string) *tlsv3.SdsSecretConfig {
 
 // grpcProvider refers to the certificate provider of the gRPC bootstrap.
 func grpcProvider() *tlsv3.CertificateProviderPluginInstance {
-	return &tlsv3.CertificateProviderPluginInstance{InstanceName: certProviderInstance}
+	return &tlsv3.CertificateProviderPluginInstance{InstanceName: bootstrap.CertProviderInstance}
 }
 
 // grpcUpstreamTLS is a proxyless gRPC cluster's client side. gRPC accepts
