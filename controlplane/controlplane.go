@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"sync"
@@ -50,7 +51,8 @@ type Config struct {
 		Update([]policy.Status, []policy.RouteStatus)
 	}
 	// XDSAddress and MonitoringAddress are host:port to listen on; port 0
-	// picks a free port (see XDSAddr, MonitoringAddr).
+	// picks a free port (see XDSAddr, MonitoringAddr). An empty XDSAddress
+	// turns the plaintext (development) xDS port off.
 	XDSAddress        string
 	MonitoringAddress string
 	// MeshNamespace is the control plane's namespace, where policies without
@@ -65,6 +67,9 @@ type Config struct {
 	// Translate are the mesh-wide translation settings (mTLS and its trust
 	// domain).
 	Translate translate.Options
+	// Identity configures the CA and the secure port (identity.go); off
+	// unless Identity.SecureAddress is set.
+	Identity IdentityConfig
 	// Log defaults to slog.Default().
 	Log *slog.Logger
 }
@@ -81,6 +86,8 @@ type ControlPlane struct {
 	source  watcher.Source
 	xdsLis  net.Listener
 	monLis  net.Listener
+	// identity is the CA and the secure port, nil if off.
+	identity *identity
 
 	// ready turns true when a complete build has reached the cache.
 	ready atomic.Bool
@@ -160,19 +167,30 @@ func New(cfg Config) (_ *ControlPlane, err error) {
 			return nil, err
 		}
 	}
-	if cp.xdsLis, err = net.Listen("tcp", cfg.XDSAddress); err != nil {
-		return nil, fmt.Errorf("xds address: %w", err)
+	if cfg.XDSAddress != "" {
+		if cp.xdsLis, err = net.Listen("tcp", cfg.XDSAddress); err != nil {
+			return nil, fmt.Errorf("xds address: %w", err)
+		}
+		cp.log.Info("xds server listening", "addr", cp.xdsLis.Addr().String())
 	}
 	if cp.monLis, err = net.Listen("tcp", cfg.MonitoringAddress); err != nil {
 		return nil, fmt.Errorf("monitoring address: %w", err)
 	}
-	cp.log.Info("xds server listening", "addr", cp.xdsLis.Addr().String())
 	cp.log.Info("monitoring server listening", "addr", cp.monLis.Addr().String())
+	// Last, so nothing after it can fail and leave its listeners open.
+	if cp.identity, err = cp.newIdentity(); err != nil {
+		return nil, err
+	}
 	return cp, nil
 }
 
-// XDSAddr is the bound xDS address.
-func (cp *ControlPlane) XDSAddr() net.Addr { return cp.xdsLis.Addr() }
+// XDSAddr is the bound plaintext xDS address, nil if that port is off.
+func (cp *ControlPlane) XDSAddr() net.Addr {
+	if cp.xdsLis == nil {
+		return nil
+	}
+	return cp.xdsLis.Addr()
+}
 
 // MonitoringAddr is the bound monitoring address.
 func (cp *ControlPlane) MonitoringAddr() net.Addr { return cp.monLis.Addr() }
@@ -213,15 +231,22 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 	cp.xds.Register(g)
 	mon := &http.Server{Handler: cp.monitoringHandler(), ReadHeaderTimeout: 10 * time.Second}
 
-	errs := make(chan error, 3)
+	// Room for every goroutine's error: none may block.
+	errs := make(chan error, 8)
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
+		if cp.xdsLis == nil {
+			return
+		}
 		if err := g.Serve(cp.xdsLis); err != nil {
 			errs <- fmt.Errorf("xds server: %w", err)
 		}
 	}()
+	if cp.identity != nil {
+		cp.identity.run(ctx, &wg, errs)
+	}
 	go func() {
 		defer wg.Done()
 		if err := mon.Serve(cp.monLis); !errors.Is(err, http.ErrServerClosed) {
@@ -251,24 +276,25 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 	return err
 }
 
-// shutdown stops both servers within the grace period. xDS streams never
+// shutdown stops the servers within the grace period. xDS streams never
 // end by themselves, so they are closed first; GracefulStop then only waits
 // for unary calls in flight.
 func (cp *ControlPlane) shutdown(g *grpc.Server, mon *http.Server) {
 	grace := cp.cfg.ShutdownGrace
 	cp.xds.Close()
-	stopped := make(chan struct{})
-	go func() {
-		g.GracefulStop()
-		close(stopped)
-	}()
-	select {
-	case <-stopped:
-	case <-time.After(grace):
-		cp.log.Warn("xds server did not stop in time; closing its connections", "grace", grace)
-		g.Stop()
-		<-stopped
+	servers := map[string]*grpc.Server{"xds server": g}
+	if cp.identity != nil {
+		maps.Copy(servers, cp.identity.servers())
 	}
+	var wg sync.WaitGroup
+	for name, s := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stopGRPC(cp.log, name, s, grace)
+		}()
+	}
+	wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	if err := mon.Shutdown(ctx); err != nil {
