@@ -22,6 +22,7 @@ import (
 	"k8s.io/klog/v2"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/fjordmesh/fjord/certs"
 	"github.com/fjordmesh/fjord/controlplane"
 	"github.com/fjordmesh/fjord/policy"
 	"github.com/fjordmesh/fjord/watcher"
@@ -49,7 +50,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&kubecfg, "kubeconfig", "", "kubeconfig of the API server (Kubernetes mode); default: the in-cluster config")
 	fs.StringVar(&kube.NamespaceSelector, "namespace-selector", watcher.DefaultNamespaceSelector, "label selector of the meshed namespaces (Kubernetes mode)")
 	fs.BoolVar(&kube.LeaderElect, "leader-elect", true, "elect the replica that writes status on a Lease in --namespace (Kubernetes mode)")
-	fs.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15010", "plaintext xDS listen address")
+	fs.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15010", `plaintext (development) xDS listen address; "" turns it off (the default in Kubernetes mode)`)
+	fs.StringVar(&cfg.Identity.SecureAddress, "secure-address", "127.0.0.1:15012", `TLS listen address of the certificate API and authenticated xDS; "" turns identity off`)
+	fs.StringVar(&cfg.Identity.TrustDomain, "trust-domain", certs.DefaultTrustDomain, "trust domain of the mesh's SPIFFE IDs")
+	fs.DurationVar(&cfg.Identity.LeafTTL, "leaf-ttl", certs.DefaultLeafTTL, "lifetime of workload certificates")
+	fs.StringVar(&cfg.Identity.ServiceAccount, "service-account", controlplane.DefaultServiceAccount, "the control plane's service account (in --namespace): its own SPIFFE ID")
 	fs.StringVar(&cfg.MonitoringAddress, "monitoring-address", "127.0.0.1:15014", "listen address of /healthz, /readyz, /metrics and /debug/")
 	fs.StringVar(&cfg.MeshNamespace, "namespace", policy.DefaultMeshNamespace, "the control plane's namespace: policies there without targetRefs are mesh-wide defaults")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
@@ -86,6 +91,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "fjord-cp: %v\n", err)
 			return 1
 		}
+		if !set(fs, "xds-address") {
+			cfg.XDSAddress = ""
+		}
+		if cfg.Identity.SecureAddress != "" {
+			if err := kubeIdentity(&cfg, kube.REST); err != nil {
+				fmt.Fprintf(stderr, "fjord-cp: %v\n", err)
+				return 1
+			}
+		}
 		run = func(ctx context.Context, cfg controlplane.Config) error { return controlplane.RunKube(ctx, cfg, kube) }
 	}
 	if err := run(ctx, cfg); err != nil {
@@ -116,6 +130,27 @@ func checkMode(fs *flag.FlagSet, cfg controlplane.Config, stderr io.Writer) int 
 		}
 	}
 	return 0
+}
+
+// set says whether a flag was given.
+func set(fs *flag.FlagSet, name string) bool {
+	found := false
+	fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
+}
+
+// kubeIdentity keeps the CA in a Secret of the mesh namespace and checks
+// workloads' service-account tokens with TokenReview.
+func kubeIdentity(cfg *controlplane.Config, rc *rest.Config) error {
+	ns := cfg.MeshNamespace
+	var err error
+	if cfg.Identity.CAStorage, err = watcher.NewSecretStorage(rc, ns); err != nil {
+		return err
+	}
+	cfg.Identity.Authenticator, err = watcher.NewTokenReviewAuthenticator(rc, watcher.TokenReviewOptions{
+		Log: cfg.Log.With("component", "token-review"),
+	})
+	return err
 }
 
 // restConfig reads the kubeconfig, or the in-cluster config when there is

@@ -86,7 +86,7 @@ func TestMissingConfigDirFails(t *testing.T) {
 	var stderr bytes.Buffer
 	missing := filepath.Join(t.TempDir(), "nope")
 	code := run(context.Background(), []string{"--config-dir", missing, "--data-dir", t.TempDir(),
-		"--xds-address", "127.0.0.1:0", "--monitoring-address", "127.0.0.1:0"}, &stderr)
+		"--xds-address", "127.0.0.1:0", "--secure-address", "127.0.0.1:0", "--monitoring-address", "127.0.0.1:0"}, &stderr)
 	if code != 1 || !strings.Contains(stderr.String(), missing) {
 		t.Fatalf("exit code %d, stderr:\n%s\nwant 1 and the missing directory named", code, stderr.String())
 	}
@@ -98,7 +98,7 @@ func TestRunsUntilCancelled(t *testing.T) {
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"--config-dir", filepath.Join("..", "..", "examples", "config"), "--data-dir", t.TempDir(),
-			"--xds-address", "127.0.0.1:0", "--monitoring-address", "127.0.0.1:0", "--log-level", "debug"}, &stderr)
+			"--xds-address", "127.0.0.1:0", "--secure-address", "127.0.0.1:0", "--monitoring-address", "127.0.0.1:0", "--log-level", "debug"}, &stderr)
 	}()
 	deadline := time.Now().Add(60 * time.Second)
 	for !strings.Contains(stderr.String(), "config built") {
