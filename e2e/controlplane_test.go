@@ -25,6 +25,8 @@ type controlPlane struct {
 	dataDir   string
 	xdsAddr   string
 	monAddr   string
+	// args are extra flags for fjord-cp, set before start.
+	args []string
 
 	mu      sync.Mutex
 	log     strings.Builder // everything every run of the process printed
@@ -63,12 +65,12 @@ func newControlPlane(t *testing.T) *controlPlane {
 // start runs fjord-cp and waits until /readyz answers 200.
 func (cp *controlPlane) start() {
 	cp.t.Helper()
-	cmd := exec.Command(bin("fjord-cp"),
+	cmd := exec.Command(bin("fjord-cp"), append([]string{
 		"--config-dir", cp.configDir,
 		"--data-dir", cp.dataDir,
 		"--xds-address", cp.xdsAddr,
 		"--monitoring-address", cp.monAddr,
-	)
+	}, cp.args...)...)
 	// If the test binary dies without running its cleanups, the kernel
 	// still ends the control plane.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

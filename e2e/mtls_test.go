@@ -1,0 +1,377 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	xdscredentials "google.golang.org/grpc/credentials/xds"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/xds"
+
+	"github.com/fjordmesh/fjord/agent"
+	"github.com/fjordmesh/fjord/bootstrap"
+	"github.com/fjordmesh/fjord/certs"
+	"github.com/fjordmesh/fjord/certs/api"
+	"github.com/fjordmesh/fjord/store"
+	"github.com/fjordmesh/fjord/xds/node"
+)
+
+// TestMTLSProxyless runs fjord-cp with --mtls and proxyless gRPC on both
+// sides: an xDS-enabled server (xds.NewGRPCServer) and clients, all with
+// credentials/xds and certificates obtained by real `fjordctl agent`
+// processes. The server's identity is declared on the Service with
+// fjord.dev/service-accounts, as standalone mode has no pods.
+//
+// The certificate API the agents talk to runs in this test (the built-in CA
+// on bbolt, token authentication, TLS on loopback), because fjord-cp does
+// not serve it yet in standalone mode.
+func TestMTLSProxyless(t *testing.T) {
+	caA, caB := startCertAPI(t), startCertAPI(t)
+	serverDir := caA.agent(t, "server")
+	clientDir := caA.agent(t, "client")
+	strangerDir := caB.agent(t, "client")
+	// A client whose certificate comes from another CA but which trusts the
+	// mesh's roots, so that only the server can refuse it.
+	foreignDir := t.TempDir()
+	copyFile(t, filepath.Join(strangerDir, agent.CertFile), filepath.Join(foreignDir, agent.CertFile), 0o644)
+	copyFile(t, filepath.Join(strangerDir, agent.KeyFile), filepath.Join(foreignDir, agent.KeyFile), 0o600)
+	copyFile(t, filepath.Join(clientDir, agent.CAFile), filepath.Join(foreignDir, agent.CAFile), 0o644)
+
+	cp := newControlPlane(t)
+	cp.args = []string{"--mtls"}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := lis.Addr().(*net.TCPAddr).Port
+	// echo runs as "server"; echo-wrong claims the same backend runs as
+	// "other", so a client dialling it must refuse the server's certificate.
+	writeFile(t, cp.configDir, "mesh.yaml",
+		mtlsServiceYAML("echo", "server", port)+"---\n"+mtlsServiceYAML("echo-wrong", "other", port))
+	cp.start()
+
+	srv := startXDSServer(t, cp, serverDir, lis)
+
+	t.Run("handshake succeeds and the server sees the client's SPIFFE ID", func(t *testing.T) {
+		c := mtlsClient(t, cp, "client", clientDir, "echo")
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if _, err := c.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true)); err != nil {
+			t.Fatalf("call over mTLS: %v", err)
+		}
+		want := "spiffe://" + certs.DefaultTrustDomain + "/ns/" + namespace + "/sa/client"
+		if got := srv.peers(); len(got) != 1 || got[0] != want {
+			t.Errorf("server saw callers %q, want [%q]", got, want)
+		}
+	})
+
+	t.Run("client certificate from another CA fails", func(t *testing.T) {
+		before := len(srv.peers())
+		c := mtlsClient(t, cp, "client", foreignDir, "echo")
+		code, err := firstOutcome(t, c)
+		if code != codes.Unavailable {
+			t.Fatalf("call with a foreign client certificate: %v, want Unavailable", err)
+		}
+		t.Logf("refused as expected: %v", err)
+		if got := srv.peers()[before:]; len(got) != 0 {
+			t.Errorf("the server served %q with a foreign certificate", got)
+		}
+	})
+
+	t.Run("SAN mismatch fails", func(t *testing.T) {
+		before := len(srv.peers())
+		c := mtlsClient(t, cp, "client", clientDir, "echo-wrong")
+		code, err := firstOutcome(t, c)
+		if code != codes.Unavailable {
+			t.Fatalf("call to a backend whose certificate names another service account: %v, want Unavailable", err)
+		}
+		t.Logf("refused as expected: %v", err)
+		if got := srv.peers()[before:]; len(got) != 0 {
+			t.Errorf("the server served %q although the client should have refused it", got)
+		}
+	})
+}
+
+// mtlsServiceYAML is a Service name in the demo namespace declaring
+// serviceAccount as its identity, and an EndpointSlice with one endpoint,
+// 127.0.0.1:port.
+func mtlsServiceYAML(name, serviceAccount string, port int) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata:
+  name: %[1]s
+  namespace: %[2]s
+  annotations:
+    fjord.dev/service-accounts: %[3]s
+spec:
+  ports:
+  - {name: grpc, port: %[4]d, targetPort: %[5]d, protocol: TCP, appProtocol: grpc}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: %[1]s-1
+  namespace: %[2]s
+  labels:
+    kubernetes.io/service-name: %[1]s
+addressType: IPv4
+ports:
+- {name: grpc, port: %[5]d, protocol: TCP}
+endpoints:
+- addresses: ["127.0.0.1"]
+  conditions: {ready: true}
+`, name, namespace, serviceAccount, servicePort, port)
+}
+
+// firstOutcome makes one fail-fast call with a generous deadline. A
+// handshake failure puts the channel in TRANSIENT_FAILURE, which fails the
+// call with Unavailable; a channel still waiting for its config would hold
+// the call until the deadline instead (DeadlineExceeded).
+func firstOutcome(t *testing.T, c testpb.TestServiceClient) (codes.Code, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, err := c.EmptyCall(ctx, &testpb.Empty{})
+	return status.Code(err), err
+}
+
+// grpcBootstrap is the gRPC xDS bootstrap of workload name (service account
+// name in the demo namespace) on cp's plaintext xDS port, with the
+// certificate provider over the credential files in dir.
+func grpcBootstrap(t *testing.T, cp *controlPlane, name, dir string) []byte {
+	t.Helper()
+	b, err := bootstrap.GRPCWith(
+		node.Info{Namespace: namespace, Workload: name, ServiceAccount: name, Kind: node.GRPC},
+		cp.xdsAddr,
+		bootstrap.GRPCOptions{CertificateProviders: map[string]bootstrap.FileWatcher{
+			bootstrap.CertProviderInstance: agent.CredentialFiles(dir, agent.DefaultRefreshInterval),
+		}},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// mtlsClient dials xds:///<svc>.demo.svc.cluster.local:<servicePort> with
+// credentials/xds (plaintext only where the control plane sends no TLS
+// config); the connection closes when the test ends.
+func mtlsClient(t *testing.T, cp *controlPlane, name, dir, svc string) testpb.TestServiceClient {
+	t.Helper()
+	resolver, err := xds.NewXDSResolverWithConfigForTesting(grpcBootstrap(t, cp, name, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := xdscredentials.NewClientCredentials(xdscredentials.ClientOptions{FallbackCreds: insecure.NewCredentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := fmt.Sprintf("xds:///%s.%s.svc.cluster.local:%d", svc, namespace, servicePort)
+	cc, err := grpc.NewClient(target, grpc.WithResolvers(resolver), grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatalf("dialing %s: %v", target, err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return testpb.NewTestServiceClient(cc)
+}
+
+// xdsServer is an xDS-enabled gRPC server that records the SPIFFE ID of
+// every caller.
+type xdsServer struct {
+	testpb.UnimplementedTestServiceServer
+	mu      sync.Mutex
+	callers []string
+}
+
+func (s *xdsServer) EmptyCall(ctx context.Context, _ *testpb.Empty) (*testpb.Empty, error) {
+	id, err := api.PeerIdentity(ctx, certs.DefaultTrustDomain)
+	caller := id.String()
+	if err != nil {
+		caller = "unauthenticated: " + err.Error()
+	}
+	s.mu.Lock()
+	s.callers = append(s.callers, caller)
+	s.mu.Unlock()
+	return &testpb.Empty{}, nil
+}
+
+func (s *xdsServer) peers() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.callers...)
+}
+
+// startXDSServer serves on lis with credentials/xds, configured by cp as
+// workload "server"; it stops when the test ends.
+func startXDSServer(t *testing.T, cp *controlPlane, dir string, lis net.Listener) *xdsServer {
+	t.Helper()
+	creds, err := xdscredentials.NewServerCredentials(xdscredentials.ServerOptions{FallbackCreds: insecure.NewCredentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs, err := xds.NewGRPCServer(grpc.Creds(creds), xds.BootstrapContentsForTesting(grpcBootstrap(t, cp, "server", dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &xdsServer{}
+	testpb.RegisterTestServiceServer(gs, s)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = gs.Serve(lis)
+	}()
+	t.Cleanup(func() { gs.Stop(); <-done })
+	return s
+}
+
+// certAPI is the control plane's certificate API in miniature: the
+// built-in CA on bbolt, token authentication, TLS on 127.0.0.1.
+type certAPI struct {
+	addr   string
+	tokens certs.TokenStore
+	caFile string
+}
+
+func startCertAPI(t *testing.T) *certAPI {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ca, err := certs.New(ctx, certs.Options{Storage: st.CA(), Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpID := certs.Identity{TrustDomain: certs.DefaultTrustDomain, Namespace: "fjord-system", ServiceAccount: "fjord-cp"}
+	serving, err := certs.NewServing(ca, certs.ServingOptions{Identity: cpID, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := api.NewServer(api.Options{Issuer: ca, Authenticator: &certs.TokenAuthenticator{Store: st.Tokens()}, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(serving.TLSConfig())))
+	srv.Register(g)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = g.Serve(lis)
+	}()
+	t.Cleanup(func() { g.Stop(); <-done })
+	c := &certAPI{addr: lis.Addr().String(), tokens: st.Tokens(), caFile: filepath.Join(t.TempDir(), "ca.pem")}
+	if err := os.WriteFile(c.caFile, ca.BundlePEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// agent runs `fjordctl agent --out-dir` for service account sa in the demo
+// namespace with a token minted for it, waits until the agent has written
+// its credentials, and returns the directory. The agent is stopped by PID
+// when the test ends.
+func (c *certAPI) agent(t *testing.T, sa string) string {
+	t.Helper()
+	token, _, err := certs.MintToken(context.Background(), c.tokens, certs.ServiceAccount{Namespace: namespace, Name: sa}, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "certs")
+	cmd := exec.Command(bin("fjordctl"), "agent",
+		"--address", c.addr,
+		"--identity", namespace+"/"+sa,
+		"--token-file", tokenFile,
+		"--ca-file", c.caFile,
+		"--out-dir", out,
+	)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var logs syncWriter
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting fjordctl agent: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("fjordctl agent %s output:\n%s", sa, logs.String())
+		}
+	})
+	eventually(t, 60*time.Second, "fjordctl agent "+sa+" writes its credentials", func() (bool, string) {
+		select {
+		case <-exited:
+			t.Fatalf("fjordctl agent %s exited:\n%s", sa, logs.String())
+		default:
+		}
+		for _, f := range []string{agent.CAFile, agent.KeyFile, agent.CertFile} {
+			if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+				return false, err.Error()
+			}
+		}
+		return true, ""
+	})
+	return out
+}
+
+// syncWriter collects a process's output.
+type syncWriter struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, mode); err != nil {
+		t.Fatal(err)
+	}
+}
