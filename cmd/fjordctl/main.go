@@ -26,5 +26,6 @@ func newRoot() *cobra.Command {
 	}
 	root.AddCommand(newVersion(), newBootstrap())
 	root.AddCommand(newAgent(), newToken(), newCA())
+	root.AddCommand(newExplain())
 	return root
 }
