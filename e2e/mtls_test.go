@@ -108,6 +108,31 @@ func TestMTLSProxyless(t *testing.T) {
 	})
 }
 
+// TestMTLSOffServesPlaintext: without --mtls the same xDS-enabled server
+// gets its listener without a transport socket and serves in plaintext
+// (credentials/xds falls back), so calls succeed and carry no identity.
+func TestMTLSOffServesPlaintext(t *testing.T) {
+	ca := startCertAPI(t)
+	serverDir, clientDir := ca.agent(t, "server"), ca.agent(t, "client")
+	cp := newControlPlane(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, cp.configDir, "mesh.yaml", mtlsServiceYAML("echo", "server", lis.Addr().(*net.TCPAddr).Port))
+	cp.start()
+	srv := startXDSServer(t, cp, serverDir, lis)
+	c := mtlsClient(t, cp, "client", clientDir, "echo")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := c.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("plaintext call: %v", err)
+	}
+	if got := srv.peers(); len(got) != 1 || !strings.HasPrefix(got[0], "unauthenticated: ") {
+		t.Errorf("server saw callers %q, want one unauthenticated caller", got)
+	}
+}
+
 // mtlsServiceYAML is a Service name in the demo namespace declaring
 // serviceAccount as its identity, and an EndpointSlice with one endpoint,
 // 127.0.0.1:port.
