@@ -11,7 +11,8 @@ import (
 // BenchmarkTranslate translates a mesh of 1,000 Services with 10 ready
 // endpoints each, every port under the full policy of testdata/full.in.yaml,
 // spread over five port numbers (so Envoy's route configurations hold 200
-// virtual hosts each).
+// virtual hosts each), with and without mTLS. Proxyless gRPC also gets one
+// server listener per endpoint, 10,000 here.
 func BenchmarkTranslate(b *testing.B) {
 	full := &policy.Mesh{}
 	if err := readMeshFile("full", full); err != nil {
@@ -33,11 +34,13 @@ func BenchmarkTranslate(b *testing.B) {
 		m.Services = append(m.Services, svc)
 	}
 	for _, kind := range node.Kinds {
-		b.Run(string(kind), func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				Translate(m, kind, Options{})
-			}
-		})
+		for name, opts := range map[string]Options{"plaintext": {}, "mtls": {MTLS: true}} {
+			b.Run(string(kind)+"/"+name, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					Translate(m, kind, opts)
+				}
+			})
+		}
 	}
 }

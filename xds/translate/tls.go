@@ -187,14 +187,17 @@ func grpcDownstreamTLS() *corev3.TransportSocket {
 
 // grpcServerListeners are the listeners xDS-enabled gRPC servers ask for:
 // one per endpoint address and port of every Service port, named by
-// ServerListenerName. The server's config is the same whichever Service
-// selects it, so an address:port that several Services share is one
-// listener. gRPC checks that the listener's address is the one it listens
-// on, so the address is the endpoint's.
+// ServerListenerName. gRPC checks that the listener's address is the one it
+// listens on, so the address is the endpoint's. A server's config is the
+// same whichever Service selects it, so an address:port that several
+// Services share is one listener, and all listeners share one filter chain,
+// built and marshalled once: a mesh has as many of these listeners as
+// endpoints.
 func grpcServerListeners(m *policy.Mesh, opts Options) []*listenerv3.Listener {
 	if m == nil {
 		return nil
 	}
+	chain := grpcServerFilterChain(opts.MTLS)
 	seen := map[string]bool{}
 	var out []*listenerv3.Listener
 	for i := range m.Services {
@@ -205,24 +208,29 @@ func grpcServerListeners(m *policy.Mesh, opts Options) []*listenerv3.Listener {
 					continue
 				}
 				seen[name] = true
-				out = append(out, grpcServerListener(name, e.Address, e.Port, opts.MTLS))
+				out = append(out, &listenerv3.Listener{
+					Name:             name,
+					Address:          socketAddress(e.Address, uint32(e.Port)),
+					TrafficDirection: corev3.TrafficDirection_INBOUND,
+					FilterChains:     []*listenerv3.FilterChain{chain},
+				})
 			}
 		}
 	}
 	return out
 }
 
-// grpcServerListener accepts every RPC: gRPC requires a route
+// grpcServerFilterChain accepts every RPC: gRPC requires a route
 // configuration on a server listener and serves only routes whose action is
 // non_forwarding_action. Without mTLS there is no transport socket, and
 // the server uses its fallback (plaintext) credentials.
-func grpcServerListener(name, address string, port int32, mtls bool) *listenerv3.Listener {
+func grpcServerFilterChain(mtls bool) *listenerv3.FilterChain {
 	hcm := &hcmv3.HttpConnectionManager{
-		StatPrefix: name,
+		StatPrefix: grpcServerChainName,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
-			Name: name,
+			Name: grpcServerChainName,
 			VirtualHosts: []*routev3.VirtualHost{{
-				Name:    "inbound",
+				Name:    grpcServerChainName,
 				Domains: []string{"*"},
 				Routes: []*routev3.Route{{
 					Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
@@ -236,7 +244,7 @@ func grpcServerListener(name, address string, port int32, mtls bool) *listenerv3
 		}},
 	}
 	chain := &listenerv3.FilterChain{
-		Name: "inbound",
+		Name: grpcServerChainName,
 		Filters: []*listenerv3.Filter{{
 			Name:       wellknown.HTTPConnectionManager,
 			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(hcm)},
@@ -245,13 +253,12 @@ func grpcServerListener(name, address string, port int32, mtls bool) *listenerv3
 	if mtls {
 		chain.TransportSocket = grpcDownstreamTLS()
 	}
-	return &listenerv3.Listener{
-		Name:             name,
-		Address:          socketAddress(address, uint32(port)),
-		TrafficDirection: corev3.TrafficDirection_INBOUND,
-		FilterChains:     []*listenerv3.FilterChain{chain},
-	}
+	return chain
 }
+
+// grpcServerChainName names the filter chain of gRPC server listeners and
+// the parts of it that need a name.
+const grpcServerChainName = "inbound"
 
 // upstreamTLS is the transport socket of the cluster of sp for kind; nil
 // for a kind without mTLS support.
