@@ -23,6 +23,10 @@ import (
 // the mesh namespace, the SPIFFE ID of its serving certificate.
 const DefaultServiceAccount = "fjord-cp"
 
+// caLoadTimeout bounds loading or creating the CA at startup: in Kubernetes
+// mode its storage is a Secret behind the API server.
+const caLoadTimeout = 30 * time.Second
+
 // IdentityConfig configures the mesh's identity: the CA, and the secure
 // port that serves the certificate API and authenticated xDS over TLS.
 type IdentityConfig struct {
@@ -99,7 +103,7 @@ func (cp *ControlPlane) newIdentity() (_ *identity, err error) {
 		}
 	}()
 
-	ctx, cancel := context.WithTimeout(context.Background(), cp.cfg.ShutdownGrace)
+	ctx, cancel := context.WithTimeout(context.Background(), caLoadTimeout)
 	defer cancel()
 	if id.ca, err = certs.New(ctx, certs.Options{Storage: cfg.CAStorage, LeafTTL: cfg.LeafTTL, Log: id.log.With("component", "ca")}); err != nil {
 		return nil, err
