@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -99,29 +100,32 @@ func (k *kube) testBreaker(t *testing.T) {
 			}
 		}
 	}
-	// probe holds the backends and sends n concurrent calls that give up
-	// after a few seconds: it returns how many failed fast, refused by
-	// the client's breaker, and how many reached a backend.
+	// probe holds the backends and sends n concurrent calls; once each
+	// has either been refused by the client's breaker or reached a
+	// backend (where it is held), it releases them and returns both
+	// counts.
 	probe := func(n int) (refused, reached int) {
 		release := hold()
-		defer release()
 		before := calls()
 		var wg sync.WaitGroup
-		var mu sync.Mutex
+		var nrefused atomic.Int64
 		for range n {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				c := doCall(ctx, cc, 3*time.Second)
+				c := doCall(ctx, cc, 30*time.Second)
 				if c.code == codes.Unavailable && c.backend == "" {
-					mu.Lock()
-					refused++
-					mu.Unlock()
+					nrefused.Add(1)
 				}
 			}()
 		}
+		eventually(t, time.Minute, "each probe call refused or held at a backend", func() (bool, string) {
+			refused, reached = int(nrefused.Load()), int(calls()-before)
+			return refused+reached >= n, fmt.Sprintf("%d refused, %d reached a backend", refused, reached)
+		})
+		release()
 		wg.Wait()
-		return refused, int(calls() - before)
+		return refused, reached
 	}
 
 	at, rp := k.applyPolicy(t, "echo-pool", "connectionPool: {maxRequests: 2}")
@@ -133,15 +137,16 @@ func (k *kube) testBreaker(t *testing.T) {
 		tripped = start
 		return refused == 2 && reached == 2, fmt.Sprintf("%d of 4 held calls refused, %d reached a backend", refused, reached)
 	})
-	measure(t, "kube: maxRequests policy created -> breaker trips (probe resolution ~3s)", at, tripped)
+	measure(t, "kube: maxRequests policy created -> breaker trips", at, tripped)
 
 	del := k.deletePolicy(t, rp)
 	eventually(t, time.Minute, "every held call reaching a backend once the policy is deleted", func() (bool, string) {
+		start := time.Now()
 		refused, reached := probe(4)
-		tripped = time.Now()
+		tripped = start
 		return refused == 0 && reached == 4, fmt.Sprintf("%d of 4 held calls refused, %d reached a backend", refused, reached)
 	})
-	measure(t, "kube: maxRequests policy deleted -> breaker gone (probe resolution ~3s)", del, tripped)
+	measure(t, "kube: maxRequests policy deleted -> breaker gone", del, tripped)
 }
 
 // testStatus reads back the conditions the leader wrote.
