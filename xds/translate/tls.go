@@ -185,14 +185,20 @@ func grpcDownstreamTLS() *corev3.TransportSocket {
 	})
 }
 
-// grpcServerListeners are the listeners xDS-enabled gRPC servers ask for:
-// one per endpoint address and port of every Service port, named by
-// ServerListenerName. gRPC checks that the listener's address is the one it
-// listens on, so the address is the endpoint's. A server's config is the
-// same whichever Service selects it, so an address:port that several
-// Services share is one listener, and all listeners share one filter chain,
-// built and marshalled once: a mesh has as many of these listeners as
-// endpoints.
+// grpcServerListeners are the listeners xDS-enabled gRPC servers ask for,
+// named by ServerListenerName after the address the server listens on,
+// which gRPC also requires in the listener's address:
+//   - one per endpoint address and port of every Service port, ready or not
+//     (a starting server serves only once it has its listener, so it could
+//     never become ready otherwise), for servers bound to their pod IP;
+//   - one per endpoint port on 0.0.0.0 and on :: for servers bound to all
+//     addresses (Go's ":port" listens on [::]), which is how most servers
+//     listen in a pod.
+//
+// A server's config is the same whichever Service selects it, so a name
+// that several Services produce is one listener, and all listeners share
+// one filter chain, built and marshalled once: a mesh has about as many of
+// these listeners as endpoints.
 func grpcServerListeners(m *policy.Mesh, opts Options) []*listenerv3.Listener {
 	if m == nil {
 		return nil
@@ -200,20 +206,25 @@ func grpcServerListeners(m *policy.Mesh, opts Options) []*listenerv3.Listener {
 	chain := grpcServerFilterChain(opts.MTLS)
 	seen := map[string]bool{}
 	var out []*listenerv3.Listener
+	add := func(address string, port int32) {
+		name := ServerListenerName(address, port)
+		if seen[name] {
+			return
+		}
+		seen[name] = true
+		out = append(out, &listenerv3.Listener{
+			Name:             name,
+			Address:          socketAddress(address, uint32(port)),
+			TrafficDirection: corev3.TrafficDirection_INBOUND,
+			FilterChains:     []*listenerv3.FilterChain{chain},
+		})
+	}
 	for i := range m.Services {
 		for j := range m.Services[i].Ports {
 			for _, e := range m.Services[i].Ports[j].Endpoints {
-				name := ServerListenerName(e.Address, e.Port)
-				if seen[name] {
-					continue
-				}
-				seen[name] = true
-				out = append(out, &listenerv3.Listener{
-					Name:             name,
-					Address:          socketAddress(e.Address, uint32(e.Port)),
-					TrafficDirection: corev3.TrafficDirection_INBOUND,
-					FilterChains:     []*listenerv3.FilterChain{chain},
-				})
+				add(e.Address, e.Port)
+				add("0.0.0.0", e.Port)
+				add("::", e.Port)
 			}
 		}
 	}

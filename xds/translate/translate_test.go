@@ -281,8 +281,11 @@ func TestReferences(t *testing.T) {
 							t.Errorf("%s: no listener for a client dialling xds:///%s", name, host)
 						}
 						for _, e := range p.Endpoints {
-							if srv := "grpc/server?xds.resource.listening_address=" + net.JoinHostPort(e.Address, fmt.Sprint(e.Port)); !listeners[srv] {
-								t.Errorf("%s: no listener for an xDS gRPC server on %s:%d", name, e.Address, e.Port)
+							// A server bound to its pod IP, to 0.0.0.0 or to [::].
+							for _, addr := range []string{e.Address, "0.0.0.0", "::"} {
+								if srv := "grpc/server?xds.resource.listening_address=" + net.JoinHostPort(addr, fmt.Sprint(e.Port)); !listeners[srv] {
+									t.Errorf("%s: no listener for an xDS gRPC server on %s", name, net.JoinHostPort(addr, fmt.Sprint(e.Port)))
+								}
 							}
 						}
 					}
