@@ -78,7 +78,8 @@ func startIdentityRig(t *testing.T, b *backends) *identityRig {
 		certDir:    filepath.Join(t.TempDir(), "certs"),
 		agentLog:   &syncBuffer{},
 	}
-	r.cp.args = []string{"--secure-address", r.secureAddr}
+	// Debug logs: the key search covers the most the control plane says.
+	r.cp.args = []string{"--secure-address", r.secureAddr, "--log-level", "debug"}
 	writeMesh(t, r.cp, b, 1)
 	r.cp.start()
 
