@@ -25,6 +25,9 @@ type controlPlane struct {
 	dataDir   string
 	xdsAddr   string
 	monAddr   string
+	// secureAddr is the certificate API and authenticated xDS port; a free
+	// one per test, so runs side by side never collide on 15012.
+	secureAddr string
 	// args are extra flags for fjord-cp, set before start.
 	args []string
 
@@ -42,11 +45,12 @@ type controlPlane struct {
 func newControlPlane(t *testing.T) *controlPlane {
 	t.Helper()
 	cp := &controlPlane{
-		t:         t,
-		configDir: filepath.Join(t.TempDir(), "config"),
-		dataDir:   filepath.Join(t.TempDir(), "data"),
-		xdsAddr:   freeAddr(t, "127.0.0.1"),
-		monAddr:   freeAddr(t, "127.0.0.1"),
+		t:          t,
+		configDir:  filepath.Join(t.TempDir(), "config"),
+		dataDir:    filepath.Join(t.TempDir(), "data"),
+		xdsAddr:    freeAddr(t, "127.0.0.1"),
+		monAddr:    freeAddr(t, "127.0.0.1"),
+		secureAddr: freeAddr(t, "127.0.0.1"),
 	}
 	for _, d := range []string{cp.configDir, cp.dataDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -70,6 +74,7 @@ func (cp *controlPlane) start() {
 		"--data-dir", cp.dataDir,
 		"--xds-address", cp.xdsAddr,
 		"--monitoring-address", cp.monAddr,
+		"--secure-address", cp.secureAddr,
 	}, cp.args...)...)
 	// If the test binary dies without running its cleanups, the kernel
 	// still ends the control plane.

@@ -37,6 +37,10 @@ func startControlPlane(ctx context.Context, bin, configDir, dataDir, logPath str
 	if err != nil {
 		return nil, err
 	}
+	secureAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -44,7 +48,7 @@ func startControlPlane(ctx context.Context, bin, configDir, dataDir, logPath str
 	defer logFile.Close() // the child has its own descriptor
 	cmd := exec.Command(filepath.Join(bin, "fjord-cp"),
 		"--config-dir", configDir, "--data-dir", dataDir,
-		"--xds-address", xdsAddr, "--monitoring-address", monAddr)
+		"--xds-address", xdsAddr, "--monitoring-address", monAddr, "--secure-address", secureAddr)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
