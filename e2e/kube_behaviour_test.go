@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -185,6 +187,17 @@ func (k *kube) testStatus(t *testing.T) {
 			}
 			return false, "conditions: " + strings.Join(got, "; ")
 		})
+	}
+
+	// fjordctl explain reads the cluster as the control plane does.
+	cmd := exec.Command(bin("fjordctl"), "explain", "service", namespace+"/"+service, "--kubeconfig", k.cp.kubeconfig)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("fjordctl explain: %v\n%s", err, out)
+	}
+	t.Logf("fjordctl explain service %s/%s:\n%s", namespace, service, out)
+	if !regexp.MustCompile(`(?m)^  timeout\.request +5s +demo/echo-status +service$`).Match(out) {
+		t.Errorf("fjordctl explain does not show timeout.request 5s from demo/echo-status at service level:\n%s", out)
 	}
 }
 

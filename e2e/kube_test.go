@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -18,8 +19,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -178,9 +181,17 @@ func startKube(t *testing.T) *kube {
 		t.Fatal(err)
 	}
 	k := &kube{admin: admin, b: startKubeBackends(t)}
-	for _, ns := range []string{"fjord-system", namespace} {
-		k.create(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+	// The install manifests, as a user applies them (less the Deployment:
+	// the test runs fjord-cp itself, as the ServiceAccount they bind).
+	for _, f := range []string{
+		filepath.Join("..", "manifests", "deploy", "00-namespace.yaml"),
+		filepath.Join("..", "manifests", "deploy", "10-serviceaccount.yaml"),
+		filepath.Join("..", "manifests", "rbac", "role.yaml"),
+		filepath.Join("..", "manifests", "deploy", "20-rolebindings.yaml"),
+	} {
+		k.apply(t, f)
 	}
+	k.create(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}})
 	k.create(t, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: service},
 		Spec: corev1.ServiceSpec{
@@ -201,8 +212,38 @@ func startKube(t *testing.T) *kube {
 			Addresses: []string{kubeIP(i)}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
 	}
 	k.create(t, slice)
-	k.cp = startKubeControlPlane(t, cfg)
+	sa, err := env.AddUser(envtest.User{
+		Name:   "system:serviceaccount:fjord-system:fjord-control-plane",
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:fjord-system", "system:authenticated"},
+	}, nil)
+	if err != nil {
+		t.Fatalf("credentials of the fjord-control-plane ServiceAccount: %v", err)
+	}
+	k.cp = startKubeControlPlane(t, sa.Config())
 	return k
+}
+
+// apply creates every object of a YAML file.
+func (k *kube) apply(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dec := utilyaml.NewYAMLOrJSONDecoder(f, 4096)
+	for {
+		var u unstructured.Unstructured
+		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
+			return
+		} else if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if len(u.Object) == 0 {
+			continue
+		}
+		k.create(t, &u)
+	}
 }
 
 func ipCmd(t *testing.T, args ...string) {
