@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -17,7 +15,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	xdscredentials "google.golang.org/grpc/credentials/xds"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -28,33 +25,21 @@ import (
 	"github.com/fjordmesh/fjord/bootstrap"
 	"github.com/fjordmesh/fjord/certs"
 	"github.com/fjordmesh/fjord/certs/api"
-	"github.com/fjordmesh/fjord/store"
 	"github.com/fjordmesh/fjord/xds/node"
 )
 
 // TestMTLSProxyless runs fjord-cp with --mtls and proxyless gRPC on both
 // sides: an xDS-enabled server (xds.NewGRPCServer) and clients, all with
-// credentials/xds and certificates obtained by real `fjordctl agent`
-// processes. The server's identity is declared on the Service with
-// fjord.dev/service-accounts, as standalone mode has no pods.
-//
-// The certificate API the agents talk to runs in this test (the built-in CA
-// on bbolt, token authentication, TLS on loopback), because fjord-cp does
-// not serve it yet in standalone mode.
+// credentials/xds and with the certificates and bootstrap of real
+// `fjordctl agent --out-dir` processes, whose tokens come from `fjordctl
+// token create` through the running fjord-cp's admin socket and whose
+// bootstraps reach fjord-cp over authenticated xDS. The server's identity
+// is declared on the Service with fjord.dev/service-accounts, as standalone
+// mode has no pods.
 func TestMTLSProxyless(t *testing.T) {
-	caA, caB := startCertAPI(t), startCertAPI(t)
-	serverDir := caA.agent(t, "server")
-	clientDir := caA.agent(t, "client")
-	strangerDir := caB.agent(t, "client")
-	// A client whose certificate comes from another CA but which trusts the
-	// mesh's roots, so that only the server can refuse it.
-	foreignDir := t.TempDir()
-	copyFile(t, filepath.Join(strangerDir, agent.CertFile), filepath.Join(foreignDir, agent.CertFile), 0o644)
-	copyFile(t, filepath.Join(strangerDir, agent.KeyFile), filepath.Join(foreignDir, agent.KeyFile), 0o600)
-	copyFile(t, filepath.Join(clientDir, agent.CAFile), filepath.Join(foreignDir, agent.CAFile), 0o644)
-
 	cp := newControlPlane(t)
-	cp.args = []string{"--mtls"}
+	secure := freeAddr(t, "127.0.0.1")
+	cp.args = []string{"--mtls", "--secure-address", secure}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -66,10 +51,27 @@ func TestMTLSProxyless(t *testing.T) {
 		mtlsServiceYAML("echo", "server", port)+"---\n"+mtlsServiceYAML("echo-wrong", "other", port))
 	cp.start()
 
-	srv := startXDSServer(t, cp, serverDir, lis)
+	// A second control plane is a second, unrelated CA.
+	other := newControlPlane(t)
+	otherSecure := freeAddr(t, "127.0.0.1")
+	other.args = []string{"--secure-address", otherSecure}
+	other.start()
+
+	serverDir := startMTLSAgent(t, cp, secure, "server")
+	clientDir := startMTLSAgent(t, cp, secure, "client")
+	strangerDir := startMTLSAgent(t, other, otherSecure, "client")
+	// A client whose certificate comes from the other CA but which trusts
+	// the mesh's roots, so that only the server can refuse it. Its xDS
+	// channel is the plaintext port: the secure one would refuse it.
+	foreignDir := t.TempDir()
+	copyFile(t, filepath.Join(strangerDir, agent.CertFile), filepath.Join(foreignDir, agent.CertFile), 0o644)
+	copyFile(t, filepath.Join(strangerDir, agent.KeyFile), filepath.Join(foreignDir, agent.KeyFile), 0o600)
+	copyFile(t, filepath.Join(clientDir, agent.CAFile), filepath.Join(foreignDir, agent.CAFile), 0o644)
+
+	srv := startXDSServer(t, agentBootstrap(t, serverDir), lis)
 
 	t.Run("handshake succeeds and the server sees the client's SPIFFE ID", func(t *testing.T) {
-		c := mtlsClient(t, cp, "client", clientDir, "echo")
+		c := mtlsClient(t, agentBootstrap(t, clientDir), "echo")
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		if _, err := c.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true)); err != nil {
@@ -83,7 +85,7 @@ func TestMTLSProxyless(t *testing.T) {
 
 	t.Run("client certificate from another CA fails", func(t *testing.T) {
 		before := len(srv.peers())
-		c := mtlsClient(t, cp, "client", foreignDir, "echo")
+		c := mtlsClient(t, plaintextBootstrap(t, cp, "client", foreignDir), "echo")
 		code, err := firstOutcome(t, c)
 		if code != codes.Unavailable {
 			t.Fatalf("call with a foreign client certificate: %v, want Unavailable", err)
@@ -96,7 +98,7 @@ func TestMTLSProxyless(t *testing.T) {
 
 	t.Run("SAN mismatch fails", func(t *testing.T) {
 		before := len(srv.peers())
-		c := mtlsClient(t, cp, "client", clientDir, "echo-wrong")
+		c := mtlsClient(t, agentBootstrap(t, clientDir), "echo-wrong")
 		code, err := firstOutcome(t, c)
 		if code != codes.Unavailable {
 			t.Fatalf("call to a backend whose certificate names another service account: %v, want Unavailable", err)
@@ -112,17 +114,18 @@ func TestMTLSProxyless(t *testing.T) {
 // gets its listener without a transport socket and serves in plaintext
 // (credentials/xds falls back), so calls succeed and carry no identity.
 func TestMTLSOffServesPlaintext(t *testing.T) {
-	ca := startCertAPI(t)
-	serverDir, clientDir := ca.agent(t, "server"), ca.agent(t, "client")
 	cp := newControlPlane(t)
+	secure := freeAddr(t, "127.0.0.1")
+	cp.args = []string{"--secure-address", secure}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	writeFile(t, cp.configDir, "mesh.yaml", mtlsServiceYAML("echo", "server", lis.Addr().(*net.TCPAddr).Port))
 	cp.start()
-	srv := startXDSServer(t, cp, serverDir, lis)
-	c := mtlsClient(t, cp, "client", clientDir, "echo")
+	serverDir, clientDir := startMTLSAgent(t, cp, secure, "server"), startMTLSAgent(t, cp, secure, "client")
+	srv := startXDSServer(t, agentBootstrap(t, serverDir), lis)
+	c := mtlsClient(t, agentBootstrap(t, clientDir), "echo")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if _, err := c.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true)); err != nil {
@@ -176,10 +179,20 @@ func firstOutcome(t *testing.T, c testpb.TestServiceClient) (codes.Code, error) 
 	return status.Code(err), err
 }
 
-// grpcBootstrap is the gRPC xDS bootstrap of workload name (service account
-// name in the demo namespace) on cp's plaintext xDS port, with the
+// agentBootstrap is the gRPC bootstrap the agent wrote into dir.
+func agentBootstrap(t *testing.T, dir string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, agent.BootstrapFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// plaintextBootstrap is the gRPC xDS bootstrap of workload name (service
+// account name in the demo namespace) on cp's plaintext xDS port, with the
 // certificate provider over the credential files in dir.
-func grpcBootstrap(t *testing.T, cp *controlPlane, name, dir string) []byte {
+func plaintextBootstrap(t *testing.T, cp *controlPlane, name, dir string) []byte {
 	t.Helper()
 	b, err := bootstrap.GRPCWith(
 		node.Info{Namespace: namespace, Workload: name, ServiceAccount: name, Kind: node.GRPC},
@@ -196,10 +209,10 @@ func grpcBootstrap(t *testing.T, cp *controlPlane, name, dir string) []byte {
 
 // mtlsClient dials xds:///<svc>.demo.svc.cluster.local:<servicePort> with
 // credentials/xds (plaintext only where the control plane sends no TLS
-// config); the connection closes when the test ends.
-func mtlsClient(t *testing.T, cp *controlPlane, name, dir, svc string) testpb.TestServiceClient {
+// config), configured by boot; the connection closes when the test ends.
+func mtlsClient(t *testing.T, boot []byte, svc string) testpb.TestServiceClient {
 	t.Helper()
-	resolver, err := xds.NewXDSResolverWithConfigForTesting(grpcBootstrap(t, cp, name, dir))
+	resolver, err := xds.NewXDSResolverWithConfigForTesting(boot)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,15 +255,15 @@ func (s *xdsServer) peers() []string {
 	return append([]string(nil), s.callers...)
 }
 
-// startXDSServer serves on lis with credentials/xds, configured by cp as
-// workload "server"; it stops when the test ends.
-func startXDSServer(t *testing.T, cp *controlPlane, dir string, lis net.Listener) *xdsServer {
+// startXDSServer serves on lis with credentials/xds, configured by boot;
+// it stops when the test ends.
+func startXDSServer(t *testing.T, boot []byte, lis net.Listener) *xdsServer {
 	t.Helper()
 	creds, err := xdscredentials.NewServerCredentials(xdscredentials.ServerOptions{FallbackCreds: insecure.NewCredentials()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs, err := xds.NewGRPCServer(grpc.Creds(creds), xds.BootstrapContentsForTesting(grpcBootstrap(t, cp, "server", dir)))
+	gs, err := xds.NewGRPCServer(grpc.Creds(creds), xds.BootstrapContentsForTesting(boot))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,80 +278,33 @@ func startXDSServer(t *testing.T, cp *controlPlane, dir string, lis net.Listener
 	return s
 }
 
-// certAPI is the control plane's certificate API in miniature: the
-// built-in CA on bbolt, token authentication, TLS on 127.0.0.1.
-type certAPI struct {
-	addr   string
-	tokens certs.TokenStore
-	caFile string
-}
-
-func startCertAPI(t *testing.T) *certAPI {
+// startMTLSAgent mints a token for service account sa of the demo
+// namespace with `fjordctl token create` through cp's admin socket, runs
+// `fjordctl agent --out-dir` with it against cp's certificate API at
+// secure, waits until the agent has written its credentials and bootstrap,
+// and returns the directory. The agent is stopped by PID when the test
+// ends.
+func startMTLSAgent(t *testing.T, cp *controlPlane, secure, sa string) string {
 	t.Helper()
-	ctx := context.Background()
-	st, err := store.Open(t.TempDir())
+	creds := filepath.Join(t.TempDir(), "creds")
+	out, err := exec.Command(bin("fjordctl"), "token", "create", "--data-dir", cp.dataDir,
+		"--identity", namespace+"/"+sa, "--ttl", "1h", "-o", creds).CombinedOutput()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("fjordctl token create: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { st.Close() })
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ca, err := certs.New(ctx, certs.Options{Storage: st.CA(), Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cpID := certs.Identity{TrustDomain: certs.DefaultTrustDomain, Namespace: "fjord-system", ServiceAccount: "fjord-cp"}
-	serving, err := certs.NewServing(ca, certs.ServingOptions{Identity: cpID, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := api.NewServer(api.Options{Issuer: ca, Authenticator: &certs.TokenAuthenticator{Store: st.Tokens()}, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(serving.TLSConfig())))
-	srv.Register(g)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = g.Serve(lis)
-	}()
-	t.Cleanup(func() { g.Stop(); <-done })
-	c := &certAPI{addr: lis.Addr().String(), tokens: st.Tokens(), caFile: filepath.Join(t.TempDir(), "ca.pem")}
-	if err := os.WriteFile(c.caFile, ca.BundlePEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-// agent runs `fjordctl agent --out-dir` for service account sa in the demo
-// namespace with a token minted for it, waits until the agent has written
-// its credentials, and returns the directory. The agent is stopped by PID
-// when the test ends.
-func (c *certAPI) agent(t *testing.T, sa string) string {
-	t.Helper()
-	token, _, err := certs.MintToken(context.Background(), c.tokens, certs.ServiceAccount{Namespace: namespace, Name: sa}, time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(t.TempDir(), "certs")
+	dir := filepath.Join(t.TempDir(), "certs")
 	cmd := exec.Command(bin("fjordctl"), "agent",
-		"--address", c.addr,
+		"--address", secure,
 		"--identity", namespace+"/"+sa,
-		"--token-file", tokenFile,
-		"--ca-file", c.caFile,
-		"--out-dir", out,
+		"--token-file", filepath.Join(creds, "token"),
+		"--ca-file", filepath.Join(creds, "ca.pem"),
+		"--out-dir", dir,
+		"--name", sa,
+		"--xds-address", secure,
 	)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var logs syncWriter
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting fjordctl agent: %v", err)
 	}
@@ -356,38 +322,20 @@ func (c *certAPI) agent(t *testing.T, sa string) string {
 			t.Logf("fjordctl agent %s output:\n%s", sa, logs.String())
 		}
 	})
-	eventually(t, 60*time.Second, "fjordctl agent "+sa+" writes its credentials", func() (bool, string) {
+	eventually(t, time.Minute, "fjordctl agent "+sa+" writes its credentials and bootstrap", func() (bool, string) {
 		select {
 		case <-exited:
 			t.Fatalf("fjordctl agent %s exited:\n%s", sa, logs.String())
 		default:
 		}
-		for _, f := range []string{agent.CAFile, agent.KeyFile, agent.CertFile} {
-			if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+		for _, f := range []string{agent.CAFile, agent.KeyFile, agent.CertFile, agent.BootstrapFile} {
+			if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 				return false, err.Error()
 			}
 		}
 		return true, ""
 	})
-	return out
-}
-
-// syncWriter collects a process's output.
-type syncWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
+	return dir
 }
 
 func copyFile(t *testing.T, from, to string, mode os.FileMode) {
