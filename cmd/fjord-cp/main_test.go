@@ -3,11 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	"sigs.k8s.io/yaml"
 )
 
 // lockedBuffer is written by the control plane's goroutines and read by
@@ -117,5 +121,27 @@ func TestRunsUntilCancelled(t *testing.T) {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, stderr.String())
 		}
+	}
+}
+
+// The install manifests run fjord-cp with flags it knows: with a
+// kubeconfig that does not exist added, it gets past flag parsing (exit 2)
+// and fails on the kubeconfig (exit 1).
+func TestDeploymentArgsParse(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "manifests", "deploy", "30-deployment.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d appsv1.Deployment
+	if err := yaml.UnmarshalStrict(data, &d); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(d.Spec.Template.Spec.Containers); n != 1 {
+		t.Fatalf("%d containers, want 1", n)
+	}
+	args := append(d.Spec.Template.Spec.Containers[0].Args, "--kubeconfig", "/nonexistent/kubeconfig")
+	var stderr bytes.Buffer
+	if code := run(context.Background(), args, &stderr); code != 1 || !strings.Contains(stderr.String(), "kubeconfig /nonexistent/kubeconfig") {
+		t.Fatalf("fjord-cp %q: exit code %d, want 1 for the missing kubeconfig:\n%s", args, code, stderr.String())
 	}
 }
