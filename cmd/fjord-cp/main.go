@@ -76,6 +76,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fjord-cp: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
+	// Clients expect the SPIFFE IDs of the trust domain the CA issues in.
+	cfg.Translate.TrustDomain = cfg.Identity.TrustDomain
 	if code := checkMode(fs, cfg, stderr); code != 0 {
 		return code
 	}
