@@ -13,6 +13,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -43,6 +44,10 @@ const (
 	// since it can change the proxy's state.
 	AdminAddress = "127.0.0.1"
 	AdminPort    = 15000
+	// SDSCluster is the static cluster that reaches the pod-local identity
+	// agent's SDS socket (its --sds-socket, as a pipe address). mTLS
+	// resources served over xDS name it as their SDS source.
+	SDSCluster = "sds-grpc"
 )
 
 // Render returns the bootstrap for the proxy kind of info.
@@ -193,6 +198,21 @@ func GRPCWith(info node.Info, xdsAddress string, opts GRPCOptions) ([]byte, erro
 // on loopback, and ADS over HTTP/2 to a static cluster pointing at the
 // control plane, from which clusters and listeners come.
 func Envoy(info node.Info, xdsAddress string) ([]byte, error) {
+	return EnvoyWith(info, xdsAddress, EnvoyOptions{})
+}
+
+// EnvoyOptions are the optional parts of an Envoy bootstrap.
+type EnvoyOptions struct {
+	// SDSSocket is the identity agent's SDS socket (fjordctl agent
+	// --sds-socket). When set, the bootstrap defines the SDSCluster that
+	// mTLS resources use, and Envoy reaches the control plane over TLS with
+	// the agent's certificate (secret SecretCertificate), verifying it with
+	// the trust bundle (secret SecretRootCA): the authenticated xDS port.
+	SDSSocket string
+}
+
+// EnvoyWith is Envoy with options.
+func EnvoyWith(info node.Info, xdsAddress string, opts EnvoyOptions) ([]byte, error) {
 	if err := check(info, node.Envoy, xdsAddress); err != nil {
 		return nil, err
 	}
@@ -200,6 +220,11 @@ func Envoy(info node.Info, xdsAddress string) ([]byte, error) {
 	b, err := envoyBootstrap(info, host, port)
 	if err != nil {
 		return nil, err
+	}
+	if opts.SDSSocket != "" {
+		if err := addSDS(b, opts.SDSSocket); err != nil {
+			return nil, err
+		}
 	}
 	if err := b.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("bootstrap for %s: %w", info.ID(), err)
@@ -278,6 +303,56 @@ func envoyBootstrap(info node.Info, host string, port uint32) (*bootstrapv3.Boot
 			}},
 		},
 	}, nil
+}
+
+// addSDS adds the SDS cluster on the agent's Unix socket and puts the xDS
+// cluster behind TLS with the agent's secrets.
+func addSDS(b *bootstrapv3.Bootstrap, socket string) error {
+	http2 := b.GetStaticResources().GetClusters()[0].GetTypedExtensionProtocolOptions()
+	sds := &clusterv3.Cluster{
+		Name:                          SDSCluster,
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:                durationpb.New(time.Second),
+		TypedExtensionProtocolOptions: http2,
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: SDSCluster,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{
+				LbEndpoints: []*endpointv3.LbEndpoint{{
+					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+						Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: socket}}},
+					}},
+				}},
+			}},
+		},
+	}
+	fromSDS := func(name string) *tlsv3.SdsSecretConfig {
+		return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: &corev3.ConfigSource{
+			ResourceApiVersion: corev3.ApiVersion_V3,
+			ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: &corev3.ApiConfigSource{
+				ApiType:             corev3.ApiConfigSource_GRPC,
+				TransportApiVersion: corev3.ApiVersion_V3,
+				GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+					EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: SDSCluster},
+				}}},
+			}},
+		}}
+	}
+	tlsCtx, err := anypb.New(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{fromSDS(SecretCertificate)},
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+			ValidationContextSdsSecretConfig: fromSDS(SecretRootCA),
+		},
+	}})
+	if err != nil {
+		return fmt.Errorf("encoding the xDS cluster's TLS context: %w", err)
+	}
+	xds := b.GetStaticResources().GetClusters()[0]
+	xds.TransportSocket = &corev3.TransportSocket{
+		Name:       "envoy.transport_sockets.tls",
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsCtx},
+	}
+	b.StaticResources.Clusters = append(b.StaticResources.Clusters, sds)
+	return nil
 }
 
 func socketAddress(host string, port uint32) *corev3.Address {

@@ -12,6 +12,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -242,5 +243,46 @@ func TestGRPCWithErrors(t *testing.T) {
 				t.Fatalf("GRPCWith = %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestEnvoyWithSDS: with the agent's socket, the bootstrap defines the SDS
+// cluster mTLS resources name, and reaches the control plane over TLS with
+// the agent's secrets; the whole thing still passes Envoy's validation.
+func TestEnvoyWithSDS(t *testing.T) {
+	out, err := EnvoyWith(info(node.Envoy), DefaultSecureXDSAddress, EnvoyOptions{SDSSocket: "/var/run/fjord/sds.sock"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "envoy-sds.yaml", out)
+	js, err := yaml.YAMLToJSON(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bootstrapv3.Bootstrap
+	if err := protojson.Unmarshal(js, &b); err != nil {
+		t.Fatalf("not an Envoy bootstrap: %v\n%s", err, out)
+	}
+	if err := b.ValidateAll(); err != nil {
+		t.Fatalf("ValidateAll: %v", err)
+	}
+	clusters := map[string]*clusterv3.Cluster{}
+	for _, c := range b.GetStaticResources().GetClusters() {
+		clusters[c.GetName()] = c
+	}
+	sds := clusters[SDSCluster]
+	if got := sds.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetPipe().GetPath(); got != "/var/run/fjord/sds.sock" {
+		t.Errorf("SDS cluster pipe = %q, want the agent's socket", got)
+	}
+	var tlsCtx tlsv3.UpstreamTlsContext
+	if err := clusters[XDSCluster].GetTransportSocket().GetTypedConfig().UnmarshalTo(&tlsCtx); err != nil {
+		t.Fatalf("xDS cluster has no TLS context: %v", err)
+	}
+	common := tlsCtx.GetCommonTlsContext()
+	if n := common.GetTlsCertificateSdsSecretConfigs()[0].GetName(); n != SecretCertificate {
+		t.Errorf("client certificate secret = %q, want %q", n, SecretCertificate)
+	}
+	if n := common.GetValidationContextSdsSecretConfig().GetName(); n != SecretRootCA {
+		t.Errorf("validation secret = %q, want %q", n, SecretRootCA)
 	}
 }

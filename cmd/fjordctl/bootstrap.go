@@ -17,7 +17,7 @@ import (
 func newBootstrap() *cobra.Command {
 	var (
 		kind, out, xdsAddress string
-		certDir               string
+		certDir, sdsSocket    string
 		secure                bool
 		refresh               time.Duration
 		info                  node.Info
@@ -39,7 +39,10 @@ and proxy kind, which the control plane requires on every xDS stream.
                 current (cert.pem, key.pem, ca.pem); the same files back the
                 certificate provider "default" for data-plane TLS. The
                 node's namespace and service account must be the
-                certificate's.`,
+                certificate's.
+  --sds-socket PATH  (envoy) the agent's SDS socket (fjordctl agent
+                --sds-socket): Envoy reaches 15012 over TLS with the
+                agent's secrets, and mTLS clusters fetch them there.`,
 		Example: "  fjordctl bootstrap --kind grpc --namespace demo --name client --service-account client -o bootstrap.json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -48,7 +51,7 @@ and proxy kind, which the control plane requires on every xDS stream.
 				return err
 			}
 			info.Kind = k
-			if !cmd.Flags().Changed("xds-address") && secure {
+			if !cmd.Flags().Changed("xds-address") && (secure || sdsSocket != "") {
 				xdsAddress = bootstrap.DefaultSecureXDSAddress
 			}
 			var data []byte
@@ -59,6 +62,12 @@ and proxy kind, which the control plane requires on every xDS stream.
 				return errors.New("--secure needs --cert-dir")
 			case !secure && certDir != "":
 				return errors.New("--cert-dir needs --secure")
+			case sdsSocket != "" && k != node.Envoy:
+				return errors.New("--sds-socket: only for --kind envoy (proxyless gRPC reads files: --secure --cert-dir)")
+			case sdsSocket != "":
+				if data, err = bootstrap.EnvoyWith(info, xdsAddress, bootstrap.EnvoyOptions{SDSSocket: sdsSocket}); err != nil {
+					return err
+				}
 			case secure:
 				dir, err := filepath.Abs(certDir)
 				if err != nil {
@@ -92,6 +101,7 @@ and proxy kind, which the control plane requires on every xDS stream.
 	f.StringVar(&xdsAddress, "xds-address", bootstrap.DefaultXDSAddress, "control plane xDS address (host:port)")
 	f.StringVarP(&out, "output", "o", "", "file to write (default: standard output)")
 	f.BoolVar(&secure, "secure", false, "grpc: TLS to the authenticated xDS port with the files of --cert-dir (default address "+bootstrap.DefaultSecureXDSAddress+")")
+	f.StringVar(&sdsSocket, "sds-socket", "", "envoy: the identity agent's SDS socket (fjordctl agent --sds-socket); Envoy then reaches the authenticated xDS port (default "+bootstrap.DefaultSecureXDSAddress+") over TLS with the agent's certificate")
 	f.StringVar(&certDir, "cert-dir", "", "with --secure: directory of cert.pem, key.pem and ca.pem (fjordctl agent --out-dir)")
 	f.DurationVar(&refresh, "refresh-interval", agent.DefaultRefreshInterval, "with --secure: how often gRPC re-reads the files")
 	for _, name := range []string{"kind", "namespace", "name", "service-account"} {

@@ -75,13 +75,6 @@ func RouteName(kind node.Kind, svc model.Key, port int32) string {
 	return Authority(svc, port)
 }
 
-// SDSClusterName is the static cluster in Envoy's bootstrap that reaches
-// the pod-local identity agent's SDS socket (its --sds-socket, as a pipe
-// address). The SDS secrets and gRPC certificate provider that mTLS
-// resources refer to are named in the bootstrap package, beside the
-// bootstraps that define them.
-const SDSClusterName = "sds-grpc"
-
 // ServerListenerName is the listener an xDS-enabled gRPC server
 // (xds.NewGRPCServer) listening on address:port asks for, as its bootstrap's
 // server_listener_resource_name_template makes it.

@@ -130,7 +130,7 @@ func envoyUpstreamTLS(host string, ids []string, trustDomain string) *corev3.Tra
 }
 
 // sdsSecret refers to one of the agent's secrets, fetched over gRPC through
-// the bootstrap's SDSClusterName.
+// the bootstrap's SDSCluster.
 func sdsSecret(name string) *tlsv3.SdsSecretConfig {
 	return &tlsv3.SdsSecretConfig{
 		Name: name,
@@ -141,7 +141,7 @@ func sdsSecret(name string) *tlsv3.SdsSecretConfig {
 				TransportApiVersion:       corev3.ApiVersion_V3,
 				SetNodeOnFirstMessageOnly: true,
 				GrpcServices: []*corev3.GrpcService{{
-					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: SDSClusterName}},
+					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: bootstrap.SDSCluster}},
 				}},
 			}},
 		},
