@@ -59,7 +59,10 @@ func (cp *kubeControlPlane) start() {
 	cp.t.Helper()
 	cmd := exec.Command(bin("fjord-cp"),
 		"--kubeconfig", cp.kubeconfig,
+		// Plaintext xDS, which Kubernetes mode serves only on request; the
+		// clients here have no identities (identity has its own suite).
 		"--xds-address", cp.xdsAddr,
+		"--secure-address=",
 		"--monitoring-address", cp.monAddr,
 		"--debounce", "20ms", "--max-delay", "200ms",
 	)
