@@ -77,37 +77,38 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 		return err
 	}
 	// The election and the writer outlive the servers: they end after
-	// cp.Run has returned, so a replica being replaced keeps its Lease
-	// until it has stopped serving, then hands it over.
+	// cp.Run has returned, the writer first, so a replica being replaced
+	// keeps its Lease until it has stopped serving and writing, then hands
+	// it over.
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	side, stopSide := context.WithCancel(context.Background())
-	defer stopSide()
 	var (
-		wg      sync.WaitGroup
 		mu      sync.Mutex
 		sideErr error
 	)
-	runSide := func(name string, run func(context.Context) error) {
-		wg.Add(1)
+	runSide := func(name string, run func(context.Context) error) (stop func()) {
+		ctx, stopCtx := context.WithCancel(context.Background())
+		done := make(chan struct{})
 		go func() {
-			defer wg.Done()
-			if err := run(side); err != nil {
+			defer close(done)
+			if err := run(ctx); err != nil {
 				mu.Lock()
 				sideErr = errors.Join(sideErr, fmt.Errorf("%s: %w", name, err))
 				mu.Unlock()
 				cancel() // a replica that cannot take part stops
 			}
 		}()
+		return func() { stopCtx(); <-done }
 	}
+	stopLeader := func() {}
 	if leader != nil {
-		runSide("leader election", leader.Run)
+		stopLeader = runSide("leader election", leader.Run)
 	}
-	runSide("status writer", status.Run)
+	stopWriter := runSide("status writer", status.Run)
 
 	err = cp.Run(runCtx)
-	stopSide()
-	wg.Wait()
+	stopWriter()
+	stopLeader()
 	if leader != nil {
 		cfg.Log.Info("leader election stopped; the Lease was released if this replica held it")
 	}
