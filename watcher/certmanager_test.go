@@ -186,6 +186,43 @@ func newIssuerCA(t *testing.T, ns, name string) (*corev1.Secret, *x509.Certifica
 	}, root
 }
 
+// issueIntermediate signs a CA certificate with the root kept in
+// issuerCA, returning tls.crt and tls.key as cert-manager writes them for
+// Fjord's Certificate.
+func issueIntermediate(t *testing.T, issuerCA *corev1.Secret, root *x509.Certificate) (crt, key []byte) {
+	t.Helper()
+	rootKey, err := certs.ParseKey(issuerCA.Data[corev1.TLSPrivateKeyKey])
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: IntermediateName},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(DefaultIntermediateDuration),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, k.Public(), rootKey.Signer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err = k.PEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs.EncodeCerts([]*x509.Certificate{c}), key
+}
+
 func TestCertManagerIssuesFjordsIntermediate(t *testing.T) {
 	cfg, _ := apiServer(t)
 	installCertManagerCRDs(t, cfg)
