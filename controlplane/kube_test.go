@@ -69,6 +69,38 @@ func TestSourceOfTruthHandsStatusesOn(t *testing.T) {
 	}
 }
 
+// A route whose parent Service does not exist is logged, once, with its
+// condition, and its status is in /debug/status.
+func TestRouteStatusLoggedOnce(t *testing.T) {
+	src := make(chanSource)
+	r := start(t, Config{Source: src, SourceOfTruth: true})
+	snap := func() *model.Snapshot {
+		return &model.Snapshot{
+			Services: []model.Service{{Key: echo, Ports: []model.ServicePort{{Name: "grpc", Port: 50051}}}},
+			Routes: []model.Route{{Key: model.Key{Namespace: "demo", Name: "lost-route"}, Kind: model.KindHTTPRoute, Generation: 2,
+				ParentRefs: []model.ParentRef{{Group: "", Kind: "Service", Namespace: "demo", Name: "nope"}}}},
+		}
+	}
+	src <- snap()
+	r.waitReady(t)
+	eventually(t, "the route's condition logged", func() (bool, string) {
+		return strings.Contains(r.logs.String(), `msg="route not accepted" route=demo/lost-route kind=HTTPRoute generation=2 parent="Service demo/nope"`), "not logged"
+	})
+	_, body := get(t, r.url("/debug/status"))
+	if !strings.Contains(body, `"routes"`) || !strings.Contains(body, "lost-route") {
+		t.Errorf("/debug/status lacks the route status:\n%s", body)
+	}
+	// The same build again: nothing new to say.
+	src <- snap()
+	src <- &model.Snapshot{Services: []model.Service{{Key: echo, Ports: []model.ServicePort{{Name: "grpc", Port: 50051}}}}}
+	eventually(t, "the third build", func() (bool, string) {
+		return strings.Count(r.logs.String(), "config built") >= 3, "not built"
+	})
+	if n := strings.Count(r.logs.String(), "route not accepted"); n != 1 {
+		t.Errorf("route condition logged %d times over two identical builds, want once per condition:\n%s", n, r.logs.String())
+	}
+}
+
 func TestSourceOfTruthNeedsASource(t *testing.T) {
 	if _, err := New(Config{SourceOfTruth: true, XDSAddress: "127.0.0.1:0", MonitoringAddress: "127.0.0.1:0"}); err == nil {
 		t.Fatal("New without a source succeeded")
