@@ -69,6 +69,9 @@ type CertManagerIntermediate struct {
 	issuerRef cmmeta.IssuerReference
 	duration  time.Duration
 	log       *slog.Logger
+	// ensureEvery is how often Run puts a deleted or edited Certificate
+	// back.
+	ensureEvery time.Duration
 }
 
 // ParseIssuerRef parses Issuer/NAME or ClusterIssuer/NAME.
@@ -109,7 +112,7 @@ func NewCertManagerIntermediate(cfg *rest.Config, loader SignerLoader, o CertMan
 		return nil, fmt.Errorf("cert-manager intermediate: client: %w", err)
 	}
 	return &CertManagerIntermediate{client: c, secrets: cs, loader: loader, namespace: o.Namespace,
-		issuerRef: ref, duration: o.Duration, log: o.Log}, nil
+		issuerRef: ref, duration: o.Duration, log: o.Log, ensureEvery: time.Minute}, nil
 }
 
 // Certificate is the Certificate Fjord asks cert-manager for.
@@ -164,7 +167,9 @@ func (m *CertManagerIntermediate) Ensure(ctx context.Context) error {
 
 // Run ensures the Certificate, then loads every version of its Secret until
 // ctx ends. A version the loader refuses is logged and the previous one
-// stays in use; cert-manager's next write brings another.
+// stays in use; cert-manager's next write brings another. Every minute it
+// ensures the Certificate again, so that a deleted or edited one comes back
+// (the Secret, and signing, are unaffected meanwhile).
 func (m *CertManagerIntermediate) Run(ctx context.Context) error {
 	if err := m.Ensure(ctx); err != nil {
 		return err
@@ -199,6 +204,16 @@ func (m *CertManagerIntermediate) Run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
-	<-ctx.Done()
-	return nil
+	t := time.NewTicker(m.ensureEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := m.Ensure(ctx); err != nil && ctx.Err() == nil {
+				m.log.Error("cert-manager intermediate: ensuring the certificate failed; retrying", "err", err)
+			}
+		}
+	}
 }

@@ -186,6 +186,20 @@ func newIssuerCA(t *testing.T, ns, name string) (*corev1.Secret, *x509.Certifica
 	}, root
 }
 
+// certManagerClient is an admin client that knows cert-manager's types.
+func certManagerClient(t *testing.T, cfg *rest.Config) client.Client {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	if err := errors.Join(clientgoscheme.AddToScheme(scheme), cmapi.AddToScheme(scheme)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // issueIntermediate signs a CA certificate with the root kept in
 // issuerCA, returning tls.crt and tls.key as cert-manager writes them for
 // Fjord's Certificate.
@@ -226,14 +240,7 @@ func issueIntermediate(t *testing.T, issuerCA *corev1.Secret, root *x509.Certifi
 func TestCertManagerIssuesFjordsIntermediate(t *testing.T) {
 	cfg, _ := apiServer(t)
 	installCertManagerCRDs(t, cfg)
-	scheme := runtime.NewScheme()
-	if err := errors.Join(clientgoscheme.AddToScheme(scheme), cmapi.AddToScheme(scheme)); err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := certManagerClient(t, cfg)
 	const ns = "cert-manager-mode"
 	createNamespace(t, c, ns, nil)
 	caSecret, root := newIssuerCA(t, ns, "mesh-root")

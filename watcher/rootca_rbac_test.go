@@ -7,8 +7,12 @@ import (
 	"testing"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/fjordmesh/fjord/certs"
 )
@@ -73,6 +77,7 @@ func TestRootCAAndIdentityGeneratedRBAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.ensureEvery = 100 * time.Millisecond
 	wg.Go(func() {
 		if err := m.Run(ctx); err != nil {
 			t.Errorf("CertManagerIntermediate.Run: %v", err)
@@ -89,5 +94,34 @@ func TestRootCAAndIdentityGeneratedRBAC(t *testing.T) {
 	case <-ext.Loaded():
 	case <-time.After(waitCeiling):
 		t.Fatalf("the intermediate Secret was not loaded within %s", waitCeiling)
+	}
+
+	// A deleted Certificate comes back, with Fjord's spec.
+	cm := certManagerClient(t, cfg)
+	want := m.Certificate()
+	var old cmapi.Certificate
+	if err := cm.Get(t.Context(), client.ObjectKeyFromObject(want), &old); err != nil {
+		t.Fatal(err)
+	}
+	if err := cm.Delete(t.Context(), &old); err != nil {
+		t.Fatalf("deleting certificate %s: %v", old.Name, err)
+	}
+	deadline := time.Now().Add(waitCeiling)
+	for {
+		var got cmapi.Certificate
+		err := cm.Get(t.Context(), client.ObjectKeyFromObject(want), &got)
+		if err == nil && got.UID != old.UID {
+			if diff := cmp.Diff(want.Spec, got.Spec); diff != "" {
+				t.Fatalf("re-created certificate spec (-want +got):\n%s", diff)
+			}
+			break
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("certificate %s not re-created within %s", want.Name, waitCeiling)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
