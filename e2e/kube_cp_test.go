@@ -22,6 +22,7 @@ type kubeControlPlane struct {
 	t          *testing.T
 	kubeconfig string
 	xdsAddr    string
+	secureAddr string
 	monAddr    string
 
 	mu     sync.Mutex
@@ -38,6 +39,7 @@ func startKubeControlPlane(t *testing.T, cfg *rest.Config) *kubeControlPlane {
 		t:          t,
 		kubeconfig: writeKubeconfig(t, cfg),
 		xdsAddr:    freeAddr(t, "127.0.0.1"),
+		secureAddr: freeAddr(t, "127.0.0.1"),
 		monAddr:    freeAddr(t, "127.0.0.1"),
 	}
 	t.Cleanup(func() {
@@ -59,10 +61,11 @@ func (cp *kubeControlPlane) start() {
 	cp.t.Helper()
 	cmd := exec.Command(bin("fjord-cp"),
 		"--kubeconfig", cp.kubeconfig,
-		// Plaintext xDS, which Kubernetes mode serves only on request; the
-		// clients here have no identities (identity has its own suite).
+		// Plaintext xDS, which Kubernetes mode serves only on request, for
+		// clients without identities; identity itself runs as installed
+		// (its CA in a Secret), and has its own suite.
 		"--xds-address", cp.xdsAddr,
-		"--secure-address=",
+		"--secure-address", cp.secureAddr,
 		"--monitoring-address", cp.monAddr,
 		"--debounce", "20ms", "--max-delay", "200ms",
 	)
