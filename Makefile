@@ -32,12 +32,22 @@ demo: build ## Circuit-breaker demo: control plane, three echo backends, a proxy
 	$(GO) run ./examples/demo --bin $(BIN)
 
 .PHONY: test
-test: envtest-assets ## Unit, golden, envtest and end-to-end tests, with -race.
+test: envtest-assets netns-tools ## Unit, golden, envtest and end-to-end tests, with -race.
 	$(GO) test $(GOTEST_FLAGS) ./...
 
 .PHONY: test-e2e
-test-e2e: envtest-assets ## Only the end-to-end tests.
+test-e2e: envtest-assets netns-tools ## Only the end-to-end tests.
 	$(GO) test $(GOTEST_FLAGS) ./e2e/...
+
+# The Kubernetes-mode end-to-end tests run inside a private network
+# namespace they make themselves (unshare from util-linux, ip from iproute2).
+.PHONY: netns-tools
+netns-tools: ## Check for unshare and ip; install iproute2 with apt-get when missing and root.
+	@command -v unshare >/dev/null || { echo "netns-tools: unshare not found: install util-linux" >&2; exit 1; }
+	@command -v ip >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq iproute2; \
+		else echo "netns-tools: ip not found: install iproute2 (as root: apt-get install -y iproute2)" >&2; exit 1; fi; }
 
 .PHONY: bench
 bench: ## Benchmarks (translation, cache) with medians over 5 runs.
