@@ -54,8 +54,10 @@ type ExternalIssuer struct {
 	activate time.Time
 	current  []*x509.Certificate // roots of the latest ca.crt
 	retiring []retiringRoot
-	changed  chan struct{}
-	loaded   chan struct{} // closed by the first Load
+	// since is when each trusted root (by DER) entered the bundle.
+	since   map[string]time.Time
+	changed chan struct{}
+	loaded  chan struct{} // closed by the first Load
 }
 
 // externalSigner is one version of the issued Secret, checked.
@@ -98,7 +100,8 @@ func NewExternalIssuer(opts ExternalOptions) *ExternalIssuer {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	return &ExternalIssuer{opts: opts, log: opts.Log, changed: make(chan struct{}), loaded: make(chan struct{})}
+	return &ExternalIssuer{opts: opts, log: opts.Log, since: map[string]time.Time{},
+		changed: make(chan struct{}), loaded: make(chan struct{})}
 }
 
 // Loaded is closed once an intermediate has been loaded.
@@ -124,26 +127,47 @@ func (e *ExternalIssuer) Load(tlsCrt, tlsKey, caCrt []byte) error {
 		return nil
 	}
 	if e.active == nil {
+		// The first roots are taken as known to every peer: workloads
+		// got them from the same Secret through the root CA ConfigMap.
 		e.active, e.current = s, s.roots
+		for _, r := range s.roots {
+			e.since[string(r.Raw)] = time.Time{}
+		}
 		e.log.Info("signing intermediate loaded", "signer", describe(s.cert), "roots", len(s.roots))
 		e.publish()
 		close(e.loaded)
 		return nil
 	}
 	overlap := Overlap(e.opts.LeafTTL, e.opts.Skew)
-	trusted := e.trusted()
-	// Roots that left ca.crt stay until one overlap after the new
-	// intermediate signs; the ones it brings are trusted from now.
-	signsAt := now
-	if !chainsTo(s, trusted, now) && e.active.cert.NotAfter.After(now.Add(overlap)) {
-		signsAt = now.Add(overlap)
+	// The roots s brings are trusted from now; it may sign once a root it
+	// chains to has been trusted for one overlap. A second renewal during
+	// the overlap therefore waits for the same moment as the first.
+	var established []*x509.Certificate
+	for _, r := range s.roots {
+		if _, ok := e.since[string(r.Raw)]; !ok {
+			e.since[string(r.Raw)] = now
+		}
+	}
+	signsAt := time.Time{}
+	for _, r := range slices.Concat(e.trusted(), s.roots) {
+		since := e.since[string(r.Raw)]
+		if !now.Before(since.Add(overlap)) {
+			established = append(established, r)
+		} else if containsCert(s.roots, r) && (signsAt.IsZero() || since.Add(overlap).Before(signsAt)) {
+			signsAt = since.Add(overlap)
+		}
+	}
+	if chainsTo(s, established, now) || signsAt.IsZero() || !e.active.cert.NotAfter.After(signsAt) {
+		signsAt = now
+		e.active, e.pending = s, nil
+		e.log.Info("signing intermediate reloaded", "signer", describe(s.cert), "roots", len(s.roots))
+	} else {
 		e.pending, e.activate = s, signsAt
 		e.log.Info("signing intermediate under new roots: trusting them now, signing with it after the overlap",
 			"signer", describe(s.cert), "signs_at", signsAt)
-	} else {
-		e.active, e.pending = s, nil
-		e.log.Info("signing intermediate reloaded", "signer", describe(s.cert), "roots", len(s.roots))
 	}
+	// Roots that left ca.crt stay until one overlap after the new
+	// intermediate signs.
 	for _, r := range e.current {
 		if !containsCert(s.roots, r) {
 			e.retiring = append(e.retiring, retiringRoot{cert: r, until: signsAt.Add(overlap)})
@@ -201,6 +225,7 @@ func (e *ExternalIssuer) advance() time.Time {
 		if now.Before(r.until) {
 			kept = append(kept, r)
 		} else {
+			delete(e.since, string(r.cert.Raw))
 			e.log.Info("retired root left the trust bundle", "root", describe(r.cert))
 			changed = true
 		}

@@ -191,10 +191,28 @@ func TestExternalIssuerNewRootOverlaps(t *testing.T) {
 		t.Fatalf("next step at %s, want %s", next, t0.Add(overlap))
 	}
 	checkAll("half way")
+	// cert-manager renews again under the new root during the overlap:
+	// that intermediate waits for the same moment, not for a new overlap
+	// and not less.
+	renewed, renewedKey, newCA := newRoot.issue(t, clk.Now(), 90*24*time.Hour)
+	if err := e.Load(renewed, renewedKey, newCA); err != nil {
+		t.Fatal(err)
+	}
+	if l := issue(t, e, id, 0); verify(l, []*x509.Certificate{oldRoot.cert}, clk.Now()) != nil {
+		t.Fatal("a second intermediate under the new root signed before the overlap ended")
+	}
+	if next := e.advance(); !next.Equal(t0.Add(overlap)) {
+		t.Fatalf("after a second renewal the next step is at %s, want %s", next, t0.Add(overlap))
+	}
+	checkAll("renewed again half way")
 	clk.Step(overlap / 2)
 	e.advance()
-	if l := issue(t, e, id, 0); verify(l, []*x509.Certificate{newRoot.cert}, clk.Now()) != nil {
+	l := issue(t, e, id, 0)
+	if verify(l, []*x509.Certificate{newRoot.cert}, clk.Now()) != nil {
 		t.Fatal("not signing under the new root after the overlap")
+	}
+	if want, _ := ParseCerts(renewed); !l[1].Equal(want[0]) {
+		t.Fatal("after the overlap the latest intermediate must sign")
 	}
 	if len(e.Bundle()) != 2 || !e.Bundle()[0].Equal(newRoot.cert) {
 		t.Fatal("after the switch the bundle must hold the new root first, and still the old one")
