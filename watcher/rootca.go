@@ -3,9 +3,9 @@ package watcher
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -80,8 +80,8 @@ func NewRootCAPublisher(cfg *rest.Config, bundle Bundle, o RootCAOptions) (*Root
 	return &RootCAPublisher{client: c, bundle: bundle, selector: sel, log: o.Log}, nil
 }
 
-// Run publishes until ctx ends. It returns nil then, or an error if the
-// caches never sync.
+// Run publishes until ctx ends, and then returns nil; it fails only if
+// listing namespaces from its own cache does.
 func (p *RootCAPublisher) Run(ctx context.Context) error {
 	nsFactory := informers.NewSharedInformerFactory(p.client, 0)
 	cmFactory := informers.NewSharedInformerFactoryWithOptions(p.client, 0,
@@ -121,14 +121,14 @@ func (p *RootCAPublisher) Run(ctx context.Context) error {
 	cmFactory.Start(ctx.Done())
 	defer nsFactory.Shutdown()
 	defer cmFactory.Shutdown()
-	for typ, ok := range nsFactory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return errors.Join(ctx.Err(), fmt.Errorf("root CA publisher: %v cache did not sync", typ))
-		}
+	synced := nsFactory.WaitForCacheSync(ctx.Done())
+	maps.Copy(synced, cmFactory.WaitForCacheSync(ctx.Done()))
+	if ctx.Err() != nil {
+		return nil // stopped (or leadership lost) before the caches synced
 	}
-	for typ, ok := range cmFactory.WaitForCacheSync(ctx.Done()) {
+	for typ, ok := range synced {
 		if !ok {
-			return errors.Join(ctx.Err(), fmt.Errorf("root CA publisher: %v cache did not sync", typ))
+			return fmt.Errorf("root CA publisher: %v cache did not sync", typ)
 		}
 	}
 	p.log.Info("root CA publisher: publishing", "configmap", RootCAConfigMap, "namespaceSelector", p.selector.String())
