@@ -17,9 +17,9 @@ import (
 	"github.com/fjordmesh/fjord/certs"
 )
 
-// CA is what the admin service needs from the certificate authority. The
-// built-in *certs.CA has it; the cert-manager mode answers Rotate with an
-// error, since cert-manager renews its intermediate.
+// CA is what the admin service needs from the certificate authority: the
+// built-in *certs.CA. In cert-manager mode there is none (see
+// Admin.Unmanaged).
 type CA interface {
 	Status() certs.Status
 	Rotate(ctx context.Context) (certs.Status, error)
@@ -32,7 +32,12 @@ type CA interface {
 type Admin struct {
 	UnimplementedAdminServiceServer
 	CA     CA
-	Tokens certs.TokenStore
+	// Unmanaged is set instead of CA when the signing intermediate is not
+	// Fjord's to rotate (cert-manager mode): tokens carry its bundle, and
+	// Status and Rotate are refused with FailedPrecondition, since
+	// cert-manager renews and reports that intermediate.
+	Unmanaged certs.Issuer
+	Tokens    certs.TokenStore
 	// TrustDomain of the identities tokens are minted for.
 	TrustDomain string
 	// Clock defaults to the wall clock.
@@ -41,17 +46,28 @@ type Admin struct {
 	Log *slog.Logger
 }
 
+// errUnmanaged answers Status and Rotate in cert-manager mode.
+var errUnmanaged = status.Error(codes.FailedPrecondition,
+	"the signing intermediate is cert-manager's (--ca-issuer cert-manager): cert-manager renews it; "+
+		"see Certificate fjord-intermediate in the control plane's namespace (kubectl describe certificate, cmctl status certificate)")
+
 // Register adds the AdminService to g, which must listen only on the admin
 // socket.
 func (a *Admin) Register(g *grpc.Server) { RegisterAdminServiceServer(g, a) }
 
 // Status reports the CA.
 func (a *Admin) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
+	if a.CA == nil {
+		return nil, errUnmanaged
+	}
 	return a.statusResponse(a.CA.Status()), nil
 }
 
 // Rotate starts a root rotation.
 func (a *Admin) Rotate(ctx context.Context, _ *RotateRequest) (*StatusResponse, error) {
+	if a.CA == nil {
+		return nil, errUnmanaged
+	}
 	st, err := a.CA.Rotate(ctx)
 	if errors.Is(err, certs.ErrRotating) {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
@@ -83,7 +99,7 @@ func (a *Admin) CreateToken(ctx context.Context, req *CreateTokenRequest) (*Crea
 	a.log().Info("token created", "identity", id.String(), "expires", rec.Expires)
 	return &CreateTokenResponse{
 		Token: token, SpiffeId: id.String(), Expires: timestamppb.New(rec.Expires),
-		TrustBundlePem: string(certs.EncodeCerts(a.CA.Bundle())),
+		TrustBundlePem: string(certs.EncodeCerts(a.bundle())),
 	}, nil
 }
 
@@ -105,7 +121,7 @@ func (a *Admin) statusResponse(st certs.Status) *StatusResponse {
 	r := &StatusResponse{
 		Phase: string(st.Phase), NextStep: string(st.NextStep),
 		Signer:         certInfo(st.Signer),
-		TrustBundlePem: string(certs.EncodeCerts(a.CA.Bundle())),
+		TrustBundlePem: string(certs.EncodeCerts(a.bundle())),
 		TrustDomain:    a.trustDomain(),
 	}
 	if !st.Deadline.IsZero() {
@@ -125,6 +141,14 @@ func certInfo(c certs.CertInfo) *CertInfo {
 		Role: c.Role, Subject: c.Subject, Serial: c.Serial, Sha256: c.SHA256,
 		NotBefore: timestamppb.New(c.NotBefore), NotAfter: timestamppb.New(c.NotAfter),
 	}
+}
+
+// bundle is the trust bundle handed out with tokens and status.
+func (a *Admin) bundle() []*x509.Certificate {
+	if a.CA == nil {
+		return a.Unmanaged.Bundle()
+	}
+	return a.CA.Bundle()
 }
 
 func (a *Admin) trustDomain() string {

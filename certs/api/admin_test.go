@@ -121,3 +121,40 @@ func TestListenUnixStaleAndBusy(t *testing.T) {
 		t.Fatal("a regular file was replaced by a socket")
 	}
 }
+
+// TestAdminUnmanaged: in cert-manager mode the admin service hands out the
+// issuer's bundle with tokens and refuses status and rotation, which are
+// cert-manager's.
+func TestAdminUnmanaged(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, 0, 0)
+	path := filepath.Join(t.TempDir(), AdminSocket)
+	lis, err := ListenUnix(path, []int{os.Getuid()}, e.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	(&Admin{Unmanaged: e.ca, Tokens: e.store.Tokens(), Clock: e.clk, Log: e.log}).Register(g)
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+	conn, err := DialAdmin(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	admin := NewAdminServiceClient(conn)
+
+	if _, err := admin.Status(ctx, &StatusRequest{}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "cert-manager") {
+		t.Errorf("Status = %v, want FailedPrecondition naming cert-manager", err)
+	}
+	if _, err := admin.Rotate(ctx, &RotateRequest{}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "cert-manager") {
+		t.Errorf("Rotate = %v, want FailedPrecondition naming cert-manager", err)
+	}
+	tok, err := admin.CreateToken(ctx, &CreateTokenRequest{Namespace: "demo", ServiceAccount: "a", Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := string(certs.EncodeCerts(e.ca.Bundle())); tok.TrustBundlePem != want {
+		t.Errorf("CreateToken bundle = %q, want the issuer's %q", tok.TrustBundlePem, want)
+	}
+}
