@@ -41,6 +41,10 @@ type IdentityConfig struct {
 	// LeafTTL is the lifetime of workload certificates. Default
 	// certs.DefaultLeafTTL.
 	LeafTTL time.Duration
+	// Skew is the clock skew the built-in CA allows for: it lengthens each
+	// root rotation phase and backdates CA certificates. Default
+	// certs.DefaultSkew.
+	Skew time.Duration
 	// CAStorage keeps the CA. Default: fjord.db in the data directory.
 	CAStorage certs.Storage
 	// Authenticator checks the tokens of certificate requests. Default:
@@ -105,7 +109,7 @@ func (cp *ControlPlane) newIdentity() (_ *identity, err error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), caLoadTimeout)
 	defer cancel()
-	if id.ca, err = certs.New(ctx, certs.Options{Storage: cfg.CAStorage, LeafTTL: cfg.LeafTTL, Log: id.log.With("component", "ca")}); err != nil {
+	if id.ca, err = certs.New(ctx, certs.Options{Storage: cfg.CAStorage, LeafTTL: cfg.LeafTTL, Skew: cfg.Skew, Log: id.log.With("component", "ca")}); err != nil {
 		return nil, err
 	}
 	if id.secureLis, err = net.Listen("tcp", cfg.SecureAddress); err != nil {

@@ -54,6 +54,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.Identity.SecureAddress, "secure-address", "127.0.0.1:15012", `TLS listen address of the certificate API and authenticated xDS; "" turns identity off`)
 	fs.StringVar(&cfg.Identity.TrustDomain, "trust-domain", certs.DefaultTrustDomain, "trust domain of the mesh's SPIFFE IDs")
 	fs.DurationVar(&cfg.Identity.LeafTTL, "leaf-ttl", certs.DefaultLeafTTL, "lifetime of workload certificates")
+	fs.DurationVar(&cfg.Identity.Skew, "ca-skew", certs.DefaultSkew, "clock skew between the control plane and workloads that the built-in CA allows for: added to each root rotation phase (which lasts --leaf-ttl plus this)")
 	fs.StringVar(&cfg.Identity.ServiceAccount, "service-account", controlplane.DefaultServiceAccount, "the control plane's service account (in --namespace): its own SPIFFE ID")
 	fs.StringVar(&cfg.MonitoringAddress, "monitoring-address", "127.0.0.1:15014", "listen address of /healthz, /readyz, /metrics and /debug/")
 	fs.StringVar(&cfg.MeshNamespace, "namespace", policy.DefaultMeshNamespace, "the control plane's namespace: policies there without targetRefs are mesh-wide defaults")
