@@ -301,10 +301,14 @@ func (ca *CA) Rotate(ctx context.Context) (Status, error) {
 
 // Run keeps the CA current until ctx ends: it reloads the storage (to see
 // other replicas' steps and rotations started elsewhere) and takes each step
-// when it is due. A failing storage is logged and retried; signing goes on
-// with what was loaded.
+// when it is due. A change made in this process (Rotate, from the admin
+// socket) wakes it at once, so the new phase advances at its deadline and
+// not up to CheckInterval later. A failing storage is logged and retried;
+// signing goes on with what was loaded.
 func (ca *CA) Run(ctx context.Context) error {
 	for {
+		// Taken before Maintain, so that no change made meanwhile is missed.
+		changed := ca.Changed()
 		wait := ca.opts.CheckInterval
 		if due, err := ca.Maintain(ctx); err != nil {
 			ca.log.Error("CA maintenance failed; retrying", "error", err, "retry_in", wait)
@@ -317,6 +321,8 @@ func (ca *CA) Run(ctx context.Context) error {
 			t.Stop()
 			return nil
 		case <-t.C():
+		case <-changed:
+			t.Stop()
 		}
 	}
 }

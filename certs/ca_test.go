@@ -421,3 +421,49 @@ func TestRunStopsAndSteps(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRunFollowsRotate: a rotation started in this process (the admin
+// socket's Rotate) advances at its deadline, not at Run's next periodic
+// check, which here is a day away.
+func TestRunFollowsRotate(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	clk := clocktesting.NewFakeClock(t0)
+	ca, err := New(ctx, Options{Storage: &memStorage{}, Clock: clk, LeafTTL: time.Hour, CheckInterval: 24 * time.Hour, Log: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- ca.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	// Rotate only once Run is asleep until its next periodic check.
+	for wait := time.Now().Add(10 * time.Second); !clk.HasWaiters(); time.Sleep(time.Millisecond) {
+		if time.Now().After(wait) {
+			t.Fatal("Run never waited")
+		}
+	}
+	st, err := ca.Rotate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.SetTime(st.Deadline)
+	deadline := time.Now().Add(10 * time.Second)
+	for ca.Status().Phase == PhaseNewRootTrusted {
+		if time.Now().After(deadline) {
+			t.Fatalf("phase still %s a moment past its deadline %s", PhaseNewRootTrusted, st.Deadline)
+		}
+		changed := ca.Changed()
+		clk.Step(time.Millisecond)
+		select {
+		case <-changed:
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if p := ca.Status().Phase; p != PhaseNewRootSigning {
+		t.Errorf("phase = %s, want %s", p, PhaseNewRootSigning)
+	}
+}
