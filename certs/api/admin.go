@@ -31,7 +31,7 @@ type CA interface {
 // no control plane holds, so both ways behave alike.
 type Admin struct {
 	UnimplementedAdminServiceServer
-	CA     CA
+	CA CA
 	// Unmanaged is set instead of CA when the signing intermediate is not
 	// Fjord's to rotate (cert-manager mode): tokens carry its bundle, and
 	// Status and Rotate are refused with FailedPrecondition, since
