@@ -303,6 +303,17 @@ func (cp *ControlPlane) shutdown(g *grpc.Server, mon *http.Server) {
 	}
 }
 
+// release frees what New acquired, for a ControlPlane that will not Run.
+func (cp *ControlPlane) release() {
+	cp.closeListeners()
+	if cp.identity != nil {
+		cp.identity.closeListeners()
+	}
+	if cp.store != nil {
+		cp.store.Close()
+	}
+}
+
 func (cp *ControlPlane) closeListeners() {
 	for _, l := range []net.Listener{cp.xdsLis, cp.monLis} {
 		if l != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/fjordmesh/fjord/certs"
 	"github.com/fjordmesh/fjord/certs/api"
+	"github.com/fjordmesh/fjord/watcher"
 	"github.com/fjordmesh/fjord/xds/server"
 )
 
@@ -45,8 +46,15 @@ type IdentityConfig struct {
 	// root rotation phase and backdates CA certificates. Default
 	// certs.DefaultSkew.
 	Skew time.Duration
-	// CAStorage keeps the CA. Default: fjord.db in the data directory.
+	// CAStorage keeps the built-in CA. Default: fjord.db in the data
+	// directory. Unused with Issuer.
 	CAStorage certs.Storage
+	// Issuer replaces the built-in CA: in cert-manager mode, a
+	// certs.ExternalIssuer that signs with the intermediate cert-manager
+	// issues. New waits (up to a bound) until it has loaded one, and Run
+	// runs it. Its rotations are not Fjord's: `fjordctl ca status` and
+	// `ca rotate` are refused.
+	Issuer Issuer
 	// Authenticator checks the tokens of certificate requests. Default:
 	// tokens minted by `fjordctl token create`, kept in fjord.db.
 	Authenticator certs.Authenticator
@@ -57,12 +65,30 @@ type IdentityConfig struct {
 	IPs      []net.IP
 }
 
+// Issuer is a CA that is not Fjord's own (IdentityConfig.Issuer).
+type Issuer interface {
+	certs.ServingIssuer
+	// BundlePEM is the trust bundle as PEM.
+	BundlePEM() []byte
+	// Loaded is closed once the issuer can sign.
+	Loaded() <-chan struct{}
+	// Run follows the issuer's changes until ctx ends.
+	Run(ctx context.Context) error
+}
+
+// issuer is what the identity needs of either kind of CA.
+type issuer interface {
+	certs.ServingIssuer
+	BundlePEM() []byte
+	Run(ctx context.Context) error
+}
+
 // identity is the running CA and the servers that hand out and check
 // identities.
 type identity struct {
 	cfg       IdentityConfig
 	log       *slog.Logger
-	ca        *certs.CA
+	issuer    issuer
 	serving   *certs.Serving
 	secure    *grpc.Server
 	secureLis net.Listener
@@ -85,11 +111,11 @@ func (cp *ControlPlane) newIdentity() (_ *identity, err error) {
 	if cfg.ServiceAccount == "" {
 		cfg.ServiceAccount = DefaultServiceAccount
 	}
-	if cfg.CAStorage == nil || cfg.Authenticator == nil {
+	if (cfg.CAStorage == nil && cfg.Issuer == nil) || cfg.Authenticator == nil {
 		if cp.store == nil {
 			return nil, errors.New("secure address: the CA and the tokens need a data directory or their own storage")
 		}
-		if cfg.CAStorage == nil {
+		if cfg.CAStorage == nil && cfg.Issuer == nil {
 			cfg.CAStorage = cp.store.CA()
 		}
 		if cfg.Authenticator == nil {
@@ -107,10 +133,23 @@ func (cp *ControlPlane) newIdentity() (_ *identity, err error) {
 		}
 	}()
 
-	ctx, cancel := context.WithTimeout(context.Background(), caLoadTimeout)
-	defer cancel()
-	if id.ca, err = certs.New(ctx, certs.Options{Storage: cfg.CAStorage, LeafTTL: cfg.LeafTTL, Skew: cfg.Skew, Log: id.log.With("component", "ca")}); err != nil {
-		return nil, err
+	var ca *certs.CA
+	if cfg.Issuer != nil {
+		t := time.NewTimer(caLoadTimeout)
+		defer t.Stop()
+		select {
+		case <-cfg.Issuer.Loaded():
+		case <-t.C:
+			return nil, errNotIssued(cp.cfg.MeshNamespace)
+		}
+		id.issuer = cfg.Issuer
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), caLoadTimeout)
+		defer cancel()
+		if ca, err = certs.New(ctx, certs.Options{Storage: cfg.CAStorage, LeafTTL: cfg.LeafTTL, Skew: cfg.Skew, Log: id.log.With("component", "ca")}); err != nil {
+			return nil, err
+		}
+		id.issuer = ca
 	}
 	if id.secureLis, err = net.Listen("tcp", cfg.SecureAddress); err != nil {
 		return nil, fmt.Errorf("secure address: %w", err)
@@ -123,13 +162,13 @@ func (cp *ControlPlane) newIdentity() (_ *identity, err error) {
 			ips = append(ips, a.IP)
 		}
 	}
-	if id.serving, err = certs.NewServing(id.ca, certs.ServingOptions{
+	if id.serving, err = certs.NewServing(id.issuer, certs.ServingOptions{
 		Identity: self, DNSNames: dns, IPs: ips, Log: id.log.With("component", "serving-certificate"),
 	}); err != nil {
 		return nil, err
 	}
 	certSrv, err := api.NewServer(api.Options{
-		Issuer: id.ca, Authenticator: cfg.Authenticator, TrustDomain: cfg.TrustDomain,
+		Issuer: id.issuer, Authenticator: cfg.Authenticator, TrustDomain: cfg.TrustDomain,
 		Registerer: cp.reg, Log: id.log.With("component", "certificate-api"),
 	})
 	if err != nil {
@@ -147,7 +186,13 @@ func (cp *ControlPlane) newIdentity() (_ *identity, err error) {
 			return nil, err
 		}
 		id.admin = grpc.NewServer()
-		(&api.Admin{CA: id.ca, Tokens: cp.store.Tokens(), TrustDomain: cfg.TrustDomain, Log: id.log.With("component", "admin")}).Register(id.admin)
+		admin := &api.Admin{Tokens: cp.store.Tokens(), TrustDomain: cfg.TrustDomain, Log: id.log.With("component", "admin")}
+		if ca != nil {
+			admin.CA = ca
+		} else {
+			admin.Unmanaged = id.issuer
+		}
+		admin.Register(id.admin)
 		cp.log.Info("admin socket listening", "path", path)
 	}
 	cp.log.Info("secure server listening (certificate API, authenticated xds)", "addr", id.secureLis.Addr().String(),
@@ -160,7 +205,7 @@ func (cp *ControlPlane) newIdentity() (_ *identity, err error) {
 // failure is sent to errs, which must have room for four.
 func (id *identity) run(ctx context.Context, wg *sync.WaitGroup, errs chan<- error) {
 	jobs := map[string]func() error{
-		"CA":                  func() error { return id.ca.Run(ctx) },
+		"CA":                  func() error { return id.issuer.Run(ctx) },
 		"serving certificate": func() error { return id.serving.Run(ctx) },
 		"secure server":       func() error { return id.secure.Serve(id.secureLis) },
 	}
@@ -214,6 +259,13 @@ func stopGRPC(log *slog.Logger, name string, g *grpc.Server, grace time.Duration
 	}
 }
 
+// errNotIssued is the failure to start in cert-manager mode when no
+// intermediate came in time.
+func errNotIssued(meshNS string) error {
+	return fmt.Errorf("no signing intermediate after %s: is cert-manager issuing Certificate %s/%s? (kubectl describe certificate)",
+		caLoadTimeout, meshNS, watcher.IntermediateName)
+}
+
 // SecureAddr is the bound secure address, nil if identity is off.
 func (cp *ControlPlane) SecureAddr() net.Addr {
 	if cp.identity == nil {
@@ -227,5 +279,14 @@ func (cp *ControlPlane) CABundle() []byte {
 	if cp.identity == nil {
 		return nil
 	}
-	return cp.identity.ca.BundlePEM()
+	return cp.identity.issuer.BundlePEM()
+}
+
+// TrustBundle follows the CA's trust bundle (for the fjord-root-ca
+// publisher), nil if identity is off.
+func (cp *ControlPlane) TrustBundle() watcher.Bundle {
+	if cp.identity == nil {
+		return nil
+	}
+	return cp.identity.issuer
 }

@@ -50,6 +50,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&kubecfg, "kubeconfig", "", "kubeconfig of the API server (Kubernetes mode); default: the in-cluster config")
 	fs.StringVar(&kube.NamespaceSelector, "namespace-selector", watcher.DefaultNamespaceSelector, "label selector of the meshed namespaces (Kubernetes mode)")
 	fs.BoolVar(&kube.LeaderElect, "leader-elect", true, "elect the replica that writes status on a Lease in --namespace (Kubernetes mode)")
+	fs.StringVar(&kube.CAIssuer, "ca-issuer", controlplane.CAIssuerBuiltin, `the CA (Kubernetes mode): "builtin" (Fjord's own, in Secret fjord-ca of --namespace) or "cert-manager" (the signing intermediate is a cert-manager Certificate issued by --ca-issuer-ref)`)
+	fs.StringVar(&kube.CAIssuerRef, "ca-issuer-ref", "", "Issuer/NAME (in --namespace) or ClusterIssuer/NAME that issues the signing intermediate (with --ca-issuer cert-manager)")
+	fs.StringVar(&kube.TokenAudience, "token-audience", watcher.DefaultTokenAudience, "audience the workloads' projected service-account tokens must be minted for (Kubernetes mode)")
 	fs.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15010", `plaintext (development) xDS listen address; "" turns it off (the default in Kubernetes mode)`)
 	fs.StringVar(&cfg.Identity.SecureAddress, "secure-address", "127.0.0.1:15012", `TLS listen address of the certificate API and authenticated xDS; "" turns identity off`)
 	fs.StringVar(&cfg.Identity.TrustDomain, "trust-domain", certs.DefaultTrustDomain, "trust domain of the mesh's SPIFFE IDs")
@@ -82,6 +85,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if code := checkMode(fs, cfg, stderr); code != 0 {
 		return code
 	}
+	if err := checkCAIssuer(kube); err != nil {
+		fmt.Fprintf(stderr, "fjord-cp: %v\n", err)
+		return 2
+	}
 	if cfg.HoldOff <= 0 || cfg.MaxDelay < cfg.HoldOff {
 		fmt.Fprintf(stderr, "fjord-cp: want 0 < --debounce (%s) <= --max-delay (%s)\n", cfg.HoldOff, cfg.MaxDelay)
 		return 2
@@ -96,12 +103,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 		if !set(fs, "xds-address") {
 			cfg.XDSAddress = ""
-		}
-		if cfg.Identity.SecureAddress != "" {
-			if err := kubeIdentity(&cfg, kube.REST); err != nil {
-				fmt.Fprintf(stderr, "fjord-cp: %v\n", err)
-				return 1
-			}
 		}
 		run = func(ctx context.Context, cfg controlplane.Config) error { return controlplane.RunKube(ctx, cfg, kube) }
 	}
@@ -120,7 +121,7 @@ func checkMode(fs *flag.FlagSet, cfg controlplane.Config, stderr io.Writer) int 
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if cfg.ConfigDir != "" {
-		for _, name := range []string{"kubeconfig", "namespace-selector", "leader-elect"} {
+		for _, name := range []string{"kubeconfig", "namespace-selector", "leader-elect", "ca-issuer", "ca-issuer-ref", "token-audience"} {
 			if set[name] {
 				fmt.Fprintf(stderr, "fjord-cp: --%s is for Kubernetes mode; it cannot be used with --config-dir\n", name)
 				return 2
@@ -135,25 +136,31 @@ func checkMode(fs *flag.FlagSet, cfg controlplane.Config, stderr io.Writer) int 
 	return 0
 }
 
+// checkCAIssuer checks --ca-issuer and --ca-issuer-ref, which go together.
+func checkCAIssuer(kube controlplane.KubeOptions) error {
+	switch kube.CAIssuer {
+	case controlplane.CAIssuerBuiltin:
+		if kube.CAIssuerRef != "" {
+			return fmt.Errorf("--ca-issuer-ref is for --ca-issuer %s", controlplane.CAIssuerCertManager)
+		}
+	case controlplane.CAIssuerCertManager:
+		if kube.CAIssuerRef == "" {
+			return errors.New("--ca-issuer cert-manager needs --ca-issuer-ref Issuer/NAME or ClusterIssuer/NAME")
+		}
+		if _, err := watcher.ParseIssuerRef(kube.CAIssuerRef); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("--ca-issuer %q: want %s or %s", kube.CAIssuer, controlplane.CAIssuerBuiltin, controlplane.CAIssuerCertManager)
+	}
+	return nil
+}
+
 // set says whether a flag was given.
 func set(fs *flag.FlagSet, name string) bool {
 	found := false
 	fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
 	return found
-}
-
-// kubeIdentity keeps the CA in a Secret of the mesh namespace and checks
-// workloads' service-account tokens with TokenReview.
-func kubeIdentity(cfg *controlplane.Config, rc *rest.Config) error {
-	ns := cfg.MeshNamespace
-	var err error
-	if cfg.Identity.CAStorage, err = watcher.NewSecretStorage(rc, ns); err != nil {
-		return err
-	}
-	cfg.Identity.Authenticator, err = watcher.NewTokenReviewAuthenticator(rc, watcher.TokenReviewOptions{
-		Log: cfg.Log.With("component", "token-review"),
-	})
-	return err
 }
 
 // restConfig reads the kubeconfig, or the in-cluster config when there is

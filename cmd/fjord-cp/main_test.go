@@ -48,6 +48,17 @@ func TestFlagErrors(t *testing.T) {
 		"stray argument": {[]string{"--config-dir", "c", "--data-dir", "d", "extra"}, `unexpected arguments ["extra"]`},
 		"debounce above max delay": {[]string{"--config-dir", "c", "--data-dir", "d", "--debounce", "2s", "--max-delay", "1s"},
 			"--debounce (2s) <= --max-delay (1s)"},
+		"CA issuer in standalone mode": {[]string{"--config-dir", "c", "--data-dir", "d", "--ca-issuer", "cert-manager"},
+			"--ca-issuer is for Kubernetes mode"},
+		"token audience in standalone mode": {[]string{"--config-dir", "c", "--data-dir", "d", "--token-audience", "x"},
+			"--token-audience is for Kubernetes mode"},
+		"unknown CA issuer": {[]string{"--kubeconfig", "k", "--ca-issuer", "vault"}, `--ca-issuer "vault": want builtin or cert-manager`},
+		"cert-manager without an issuer ref": {[]string{"--kubeconfig", "k", "--ca-issuer", "cert-manager"},
+			"--ca-issuer cert-manager needs --ca-issuer-ref"},
+		"bad issuer ref": {[]string{"--kubeconfig", "k", "--ca-issuer", "cert-manager", "--ca-issuer-ref", "Secret/x"},
+			`--ca-issuer-ref "Secret/x": want Issuer/NAME or ClusterIssuer/NAME`},
+		"issuer ref for the built-in CA": {[]string{"--kubeconfig", "k", "--ca-issuer-ref", "Issuer/x"},
+			"--ca-issuer-ref is for --ca-issuer cert-manager"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
