@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,9 @@ type CPSpec struct {
 	ConfigDir, DataDir, XDSAddress, MonitoringAddress string
 	// Args are further flags (--debounce, --max-delay, ...).
 	Args []string
+	// Env is added to the process's environment (GOGC=..., GODEBUG=...,
+	// GRPC_GO_LOG_SEVERITY_LEVEL=info, ...).
+	Env []string
 	// LogPath receives the control plane's output.
 	LogPath string
 	// PprofURL is the base URL under which /debug/pprof/ is served, "" if
@@ -96,6 +100,7 @@ func (cp *ControlPlane) Start() error {
 		return fmt.Errorf("control plane log: %w", err)
 	}
 	cmd := exec.Command(cp.spec.Command[0], args...)
+	cmd.Env = append(os.Environ(), cp.spec.Env...)
 	// If the harness dies without stopping it, the kernel ends it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	pr, pw := io.Pipe()
@@ -104,7 +109,7 @@ func (cp *ControlPlane) Start() error {
 		logFile.Close()
 		return fmt.Errorf("starting %s: %w", cp.spec.Command[0], err)
 	}
-	fmt.Fprintf(logFile, "--- %s started, pid %d\n", strings.Join(append([]string{cp.spec.Command[0]}, args...), " "), cmd.Process.Pid)
+	fmt.Fprintf(logFile, "--- %s started, pid %d\n", strings.Join(append(slices.Clone(cp.spec.Env), append([]string{cp.spec.Command[0]}, args...)...), " "), cmd.Process.Pid)
 	exited := make(chan struct{})
 	cp.mu.Lock()
 	cp.cmd, cp.pid, cp.exited, cp.waitErr = cmd, cmd.Process.Pid, exited, nil

@@ -3,6 +3,7 @@ package load
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -102,7 +103,8 @@ type Fleet struct {
 	specs   []ProxySpec
 	conns   []*grpc.ClientConn
 	errs    int
-	lastErr error
+	// errKinds counts stream errors by message (the first 10 messages).
+	errKinds map[string]int
 }
 
 // NewFleet prepares proxies for specs, none started. A broken connection
@@ -184,19 +186,42 @@ func (f *Fleet) Close() {
 	}
 }
 
-func (f *Fleet) streamError(_ *proxy, err error) {
+func (f *Fleet) streamError(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.errs++
-	f.lastErr = err
+	msg := fmt.Sprint(err)
+	if f.errKinds == nil {
+		f.errKinds = map[string]int{}
+	}
+	if _, ok := f.errKinds[msg]; ok || len(f.errKinds) < 10 {
+		f.errKinds[msg]++
+	}
 }
 
-// StreamErrors is the number of streams that ended with an error, and the
-// last error.
-func (f *Fleet) StreamErrors() (int, error) {
+// StreamErrors is the number of streams that ended with an error, and how
+// many ended with each of the first ten distinct messages.
+func (f *Fleet) StreamErrors() (int, map[string]int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.errs, f.lastErr
+	return f.errs, maps.Clone(f.errKinds)
+}
+
+// stragglers describes up to n affected proxies that have not converged on
+// pc: what they are, their streams and what they hold of the change, so a
+// report says why a change did not converge.
+func (f *Fleet) stragglers(pc *pendingChange, n int) []string {
+	var out []string
+	for _, p := range f.started() {
+		if len(out) == n {
+			break
+		}
+		if !pc.affected[p.id] || pc.at[p.id].Load() != 0 {
+			continue
+		}
+		out = append(out, p.describe())
+	}
+	return out
 }
 
 // Watch starts watching a change on every started proxy; call it before

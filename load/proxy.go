@@ -2,8 +2,10 @@ package load
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,8 +70,10 @@ type proxy struct {
 	streams   atomic.Int64 // streams opened
 	nacks     atomic.Int64 // responses the proxy could not decode
 	// upAt is when the current stream sent its initial requests (unix
-	// nanoseconds), 0 while there is none.
-	upAt atomic.Int64
+	// nanoseconds), 0 while there is none; lastAt when the last response
+	// arrived.
+	upAt   atomic.Int64
+	lastAt atomic.Int64
 }
 
 // typeState is what a proxy subscribes to and holds of one type.
@@ -150,7 +154,7 @@ func (p *proxy) run(ctx context.Context, conn *grpc.ClientConn) {
 		if ctx.Err() != nil {
 			return
 		}
-		p.fleet.streamError(p, err)
+		p.fleet.streamError(err)
 		if got {
 			pause = 50 * time.Millisecond
 		}
@@ -253,10 +257,36 @@ func (ts *typeState) sortedNames() []string {
 	return slices.Sorted(maps.Keys(ts.names))
 }
 
-// count records a response's size.
-func (p *proxy) count(m proto.Message) {
+// count records a response's arrival and size.
+func (p *proxy) count(m proto.Message, now time.Time) {
 	p.responses.Add(1)
 	p.bytes.Add(int64(proto.Size(m)))
+	p.lastAt.Store(now.UnixNano())
+}
+
+// describe summarises the proxy's state for a report on a change it has not
+// converged on.
+func (p *proxy) describe() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	proto := "sotw"
+	if p.spec.Delta {
+		proto = "delta"
+	}
+	var held []string
+	for t := range numTypes {
+		ts := &p.types[t]
+		held = append(held, fmt.Sprintf("%s %d held/%d named (version %q, nonce %q)", typeNames[t], len(ts.held), len(ts.names), ts.version, ts.nonce))
+	}
+	ago := func(ns int64) string {
+		if ns == 0 {
+			return "never"
+		}
+		return time.Since(time.Unix(0, ns)).Round(time.Millisecond).String() + " ago"
+	}
+	return fmt.Sprintf("%s (%s, %s): %d streams, stream up %s, %d responses, last %s; %s",
+		p.spec.Info.ID(), p.spec.Pattern, proto, p.streams.Load(), ago(p.upAt.Load()),
+		p.responses.Load(), ago(p.lastAt.Load()), strings.Join(held, "; "))
 }
 
 // shrunk records a response after which fewer resources of type t are held.
@@ -303,7 +333,7 @@ func (p *proxy) sotwSession(ctx context.Context, client discoveryv3.AggregatedDi
 			return false, err
 		}
 	}
-	p.upAt.Store(time.Now().UnixNano())
+	p.streamUp()
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -311,7 +341,7 @@ func (p *proxy) sotwSession(ctx context.Context, client discoveryv3.AggregatedDi
 		}
 		got = true
 		now := time.Now()
-		p.count(resp)
+		p.count(resp, now)
 		p.mu.Lock()
 		reqs, done := p.applySotw(resp, now)
 		p.mu.Unlock()
@@ -322,6 +352,21 @@ func (p *proxy) sotwSession(ctx context.Context, client discoveryv3.AggregatedDi
 		}
 		p.fleet.tracker.converged(p, done, time.Now())
 	}
+}
+
+// streamUp marks a new stream whose initial requests are sent. Those
+// requests name the versions the proxy holds (version_info, or
+// initial_resource_versions), which acknowledges them to the control plane
+// as an ACK would: a proxy whose stream broke between applying a response
+// and ACKing it has converged once it says so on the next stream, and an
+// up-to-date proxy is sent nothing more that would tell the tracker.
+func (p *proxy) streamUp() {
+	now := time.Now()
+	p.upAt.Store(now.UnixNano())
+	p.mu.Lock()
+	done := p.fleet.tracker.holding(p)
+	p.mu.Unlock()
+	p.fleet.tracker.converged(p, done, now)
 }
 
 // sotwRequest is the state-of-the-world request for type t: the
@@ -439,7 +484,7 @@ func (p *proxy) deltaSession(ctx context.Context, client discoveryv3.AggregatedD
 			return false, err
 		}
 	}
-	p.upAt.Store(time.Now().UnixNano())
+	p.streamUp()
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -447,7 +492,7 @@ func (p *proxy) deltaSession(ctx context.Context, client discoveryv3.AggregatedD
 		}
 		got = true
 		now := time.Now()
-		p.count(resp)
+		p.count(resp, now)
 		p.mu.Lock()
 		reqs, done := p.applyDelta(resp, now)
 		p.mu.Unlock()

@@ -3,8 +3,10 @@ package load
 import (
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 )
 
@@ -69,14 +71,18 @@ func WriteMarkdown(w io.Writer, rep *Report) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Memory and initial sync as proxies connect (control plane after each step settled; sync: from the step's start to each new proxy's ACK of its whole configuration).")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| run | services × endpoints | proxies | sync p50 ms | sync max ms | not synced | RSS MB | heap in use MB | goroutines | harness RSS MB |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| run | services × endpoints | proxies | sync p50 ms | sync max ms | not synced | RSS MB | heap in use MB | after forced GC | goroutines | harness RSS MB |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
 	for _, run := range rep.Runs {
 		for _, st := range run.Ramp {
-			fmt.Fprintf(w, "| %s | %d × %d | %d | %s | %s | %d | %s | %s | %.0f | %s |\n",
+			gc := "no"
+			if st.GCForced {
+				gc = "yes"
+			}
+			fmt.Fprintf(w, "| %s | %d × %d | %d | %s | %s | %d | %s | %s | %s | %.0f | %s |\n",
 				run.Spec.Name, run.Spec.Mesh.Services, run.Spec.Mesh.Endpoints, st.Proxies,
 				f1(st.Sync.P50), f1(st.Sync.Max), st.NotSynced,
-				mb(st.Sample.RSSBytes), mb(st.Sample.HeapInuseBytes), st.Sample.Goroutines, mb(st.LoadRSSBytes))
+				mb(st.Sample.RSSBytes), mb(st.Sample.HeapInuseBytes), gc, st.Sample.Goroutines, mb(st.LoadRSSBytes))
 		}
 	}
 	fmt.Fprintln(w)
@@ -103,6 +109,19 @@ func WriteMarkdown(w io.Writer, rep *Report) {
 		}
 		for _, p := range run.PolicyProblems {
 			fmt.Fprintf(w, "\n- %s: policy not accepted: %s", run.Spec.Name, p)
+		}
+		for _, s := range run.Scenarios {
+			for _, p := range s.Stragglers {
+				fmt.Fprintf(w, "\n- %s: %s: not converged: %s", run.Spec.Name, s.Kind, p)
+			}
+		}
+		for _, st := range run.Ramp {
+			for _, p := range st.Stragglers {
+				fmt.Fprintf(w, "\n- %s: ramp to %d: not synced: %s", run.Spec.Name, st.Proxies, p)
+			}
+		}
+		for _, msg := range slices.Sorted(maps.Keys(run.StreamErrorKinds)) {
+			fmt.Fprintf(w, "\n- %s: %d streams ended with: %s", run.Spec.Name, run.StreamErrorKinds[msg], msg)
 		}
 		for _, s := range run.Shrinks {
 			fmt.Fprintf(w, "\n- %s: shrink: proxy %s %s %d -> %d at %s", run.Spec.Name, s.Proxy, s.Type, s.Before, s.After, s.At.Format("15:04:05.000"))

@@ -36,8 +36,10 @@ type RunResult struct {
 	// NACKs counts responses a proxy could not decode.
 	NACKs int64 `json:"nacks"`
 	// StreamErrors counts streams that ended with an error (a restart ends
-	// every stream once).
-	StreamErrors int `json:"streamErrors"`
+	// every stream once), StreamErrorKinds them by message (the first ten
+	// distinct messages).
+	StreamErrors     int            `json:"streamErrors"`
+	StreamErrorKinds map[string]int `json:"streamErrorKinds,omitempty"`
 	// LoadCPUSeconds is the harness's own CPU time during the run: it shares
 	// the machine with the control plane.
 	LoadCPUSeconds float64  `json:"loadCpuSeconds"`
@@ -51,8 +53,9 @@ type RampStep struct {
 	NewProxies int `json:"newProxies"`
 	// Sync is, per new proxy, the time from the batch's start to its ACK of
 	// its whole configuration; NotSynced counts those that never got it.
-	Sync      Dist `json:"sync"`
-	NotSynced int  `json:"notSynced"`
+	Sync       Dist     `json:"sync"`
+	NotSynced  int      `json:"notSynced"`
+	Stragglers []string `json:"stragglers,omitempty"`
 	// Sample is the control plane after the batch settled, and after a
 	// forced garbage collection if GCForced (possible when the control
 	// plane serves /debug/pprof).
@@ -78,8 +81,10 @@ type ScenarioResult struct {
 	// had it.
 	ChangeLatency Dist `json:"changeLatency"`
 	// NotConverged counts (change, affected proxy) pairs that did not
-	// converge before the change timeout.
-	NotConverged int `json:"notConverged"`
+	// converge before the change timeout; Stragglers describes some of
+	// those proxies.
+	NotConverged int      `json:"notConverged"`
+	Stragglers   []string `json:"stragglers,omitempty"`
 	// UnaffectedPushes counts responses received by proxies no change of
 	// the observation concerned; it must be 0.
 	UnaffectedPushes  int64   `json:"unaffectedPushes"`

@@ -53,10 +53,12 @@ type ScenarioSpec struct {
 // RunSpec is one point of the matrix: a mesh, a fleet, the control plane's
 // flags and the scenarios to run against them.
 type RunSpec struct {
-	Name      string         `json:"name"`
-	Mesh      MeshSpec       `json:"mesh"`
-	Fleet     FleetSpec      `json:"fleet"`
-	CPArgs    []string       `json:"cpArgs,omitempty"`
+	Name   string    `json:"name"`
+	Mesh   MeshSpec  `json:"mesh"`
+	Fleet  FleetSpec `json:"fleet"`
+	CPArgs []string  `json:"cpArgs,omitempty"`
+	// CPEnv is added to the control plane's environment (KEY=VALUE).
+	CPEnv     []string       `json:"cpEnv,omitempty"`
 	Scenarios []ScenarioSpec `json:"scenarios"`
 	// RampSteps is the number of steps proxies connect in; memory is
 	// sampled after each.
@@ -190,6 +192,7 @@ func (r *runner) setUp(ctx context.Context) error {
 			ConfigDir: configDir,
 			DataDir:   filepath.Join(dir, "data"),
 			Args:      r.spec.CPArgs,
+			Env:       r.spec.CPEnv,
 			LogPath:   filepath.Join(dir, "fjord-cp.log"),
 		}
 		if cs.XDSAddress, err = FreeAddress(); err != nil {
@@ -323,7 +326,8 @@ func (r *runner) ramp(ctx context.Context) error {
 		r.waitChange(ctx, pc, start.Add(10*seconds(r.spec.ChangeTimeoutSeconds)))
 		r.fleet.Forget(pc)
 		lat, missing := pc.latencies(start)
-		step := RampStep{Proxies: to, NewProxies: to - from, Sync: distOf(lat), NotSynced: missing}
+		step := RampStep{Proxies: to, NewProxies: to - from, Sync: distOf(lat), NotSynced: missing,
+			Stragglers: r.fleet.stragglers(pc, 5)}
 		r.log.Info("ramp step", "proxies", to, "syncP50ms", step.Sync.P50, "syncMaxMs", step.Sync.Max, "notSynced", missing)
 		if missing > 0 {
 			r.res.Errors = append(r.res.Errors, fmt.Sprintf("ramp to %d proxies: %d proxies did not get their configuration", to, missing))
@@ -346,12 +350,19 @@ func (r *runner) ramp(ctx context.Context) error {
 
 // forceGC makes the control plane collect its garbage, through pprof's
 // heap endpoint (gc=1), so that heap in use measures live memory rather
-// than how long ago the last collection ran. It reports whether it could.
+// than how long ago the last collection ran. Twice: buffers parked in a
+// sync.Pool (gRPC keeps its marshalling buffers there) survive one
+// collection. It reports whether it could.
 func (r *runner) forceGC(ctx context.Context) bool {
 	if r.cp.spec.PprofURL == "" {
 		return false
 	}
-	return r.cp.Profile(ctx, "heap?gc=1", os.DevNull) == nil
+	for range 2 {
+		if r.cp.Profile(ctx, "heap?gc=1", os.DevNull) != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // waitChange waits until every affected proxy has the change, or deadline.
@@ -408,7 +419,7 @@ func (r *runner) startProfile(ctx context.Context, kind ScenarioKind) chan struc
 func (r *runner) finish() {
 	r.res.Shrinks = r.fleet.Shrinks()
 	r.res.NACKs = r.fleet.NACKs()
-	r.res.StreamErrors, _ = r.fleet.StreamErrors()
+	r.res.StreamErrors, r.res.StreamErrorKinds = r.fleet.StreamErrors()
 	if len(r.res.Shrinks) > 20 {
 		r.res.ShrinkCount, r.res.Shrinks = len(r.res.Shrinks), r.res.Shrinks[:20]
 	} else {

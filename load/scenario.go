@@ -41,6 +41,8 @@ type observation struct {
 	load0     float64
 	load1     float64
 	converged bool
+	// stragglers describes affected proxies that did not converge.
+	stragglers []string
 }
 
 // observe writes changes one every interval (all at once when 0), waits
@@ -77,6 +79,7 @@ func (r *runner) observe(ctx context.Context, changes []*Change, interval time.D
 	for _, pc := range o.pcs {
 		if !r.waitChange(ctx, pc, deadline) {
 			o.converged = false
+			o.stragglers = append(o.stragglers, r.fleet.stragglers(pc, 5)...)
 		}
 	}
 	select {
@@ -109,6 +112,9 @@ func (t *tally) add(r *runner, o *observation, phases bool) {
 	}
 	t.res.After = o.s1
 	t.res.Changes += len(o.changes)
+	if len(t.res.Stragglers) < 10 {
+		t.res.Stragglers = append(t.res.Stragglers, o.stragglers[:min(len(o.stragglers), 10-len(t.res.Stragglers))]...)
+	}
 	for _, c := range o.changes {
 		if len(t.res.Examples) < 3 {
 			t.res.Examples = append(t.res.Examples, c.What)
@@ -217,7 +223,8 @@ func (r *runner) discrete(ctx context.Context, sc ScenarioSpec, next func() (*Ch
 		observations++
 		t.add(r, o, true)
 		if !o.converged {
-			r.log.Warn("change did not converge", "change", c.What, "timeout", seconds(r.spec.ChangeTimeoutSeconds))
+			r.log.Warn("change did not converge", "change", c.What, "timeout", seconds(r.spec.ChangeTimeoutSeconds),
+				"stragglers", o.stragglers)
 		}
 	}
 	return t.result(observations), nil
@@ -287,6 +294,8 @@ func (r *runner) restart(ctx context.Context) (*ScenarioResult, error) {
 		return nil, err
 	}
 	res.Restart.ListeningSeconds = time.Since(start).Seconds()
+	// The new process's reconnects and resync, profiled from here on.
+	profiling := r.startProfile(ctx, Restart)
 	// Every proxy has a stream opened after the start.
 	proxies := r.fleet.started()
 	for {
@@ -304,6 +313,9 @@ func (r *runner) restart(ctx context.Context) (*ScenarioResult, error) {
 	}
 	res.Restart.ReconnectedSeconds = time.Since(start).Seconds()
 	converged := r.waitChange(ctx, pc, start.Add(timeout))
+	if !converged {
+		res.Stragglers = r.fleet.stragglers(pc, 10)
+	}
 	lat, missing := pc.latencies(start)
 	res.Latency, res.LatencyQuantiles = distOf(lat), quantiles(lat)
 	if missing == 0 && len(lat) > 0 {
@@ -339,5 +351,8 @@ func (r *runner) restart(ctx context.Context) (*ScenarioResult, error) {
 	load1, _ := procCPUSeconds(os.Getpid())
 	res.LoadCPUSecondsPerChange = load1 - load0
 	res.Builds = int(res.After.Builds)
+	if profiling != nil {
+		<-profiling
+	}
 	return res, nil
 }

@@ -7,13 +7,13 @@
 #
 #   make bench-load                         reduced matrix, under 5 minutes
 #   make bench-full                         full matrix, plots into docs/benchmarks
-#   make bench-load BENCH_FLAGS='--profile .bench/profiles'
+#   make bench-load BENCH_FLAGS='--profile bin/bench/profiles'
 #                                           the same with CPU and heap profiles
 #                                           of the control plane (go tool pprof)
 
 GO         ?= go
 BIN        ?= $(CURDIR)/bin
-BENCH_OUT  ?= $(CURDIR)/.bench
+BENCH_OUT  ?= $(BIN)/bench
 # Extra fjord-load flags, e.g. --profile DIR, --runs NAME,NAME.
 BENCH_FLAGS ?=
 
@@ -25,6 +25,6 @@ bench-load: ## Load harness, reduced matrix (under 5 minutes on 2 cores): prints
 	$(BIN)/fjord-load --matrix reduced --cp-bin $(BIN)/fjord-cp --out $(BENCH_OUT)/reduced $(BENCH_FLAGS)
 
 .PHONY: bench-full
-bench-full: ## Load harness, full matrix (1,000 proxies x 1,000 Services x 10 endpoints, then 10,000 proxies; about an hour): report in .bench/full, plots in docs/benchmarks.
+bench-full: ## Load harness, full matrix (1,000 proxies x 1,000 Services x 10 endpoints, then 10,000 proxies; about an hour): report in bin/bench/full, plots in docs/benchmarks.
 	$(BENCH_BUILD)
 	$(BIN)/fjord-load --matrix full --cp-bin $(BIN)/fjord-cp --out $(BENCH_OUT)/full --plots $(CURDIR)/docs/benchmarks $(BENCH_FLAGS)

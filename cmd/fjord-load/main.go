@@ -75,9 +75,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		plotsDir   = fs.String("plots", "", "write SVG plots here")
 		profileDir = fs.String("profile", "", "write control-plane CPU profiles (one per scenario) and heap profiles here")
 		profileSec = fs.Int("profile-seconds", 20, "length of each CPU profile; scenarios repeat changes until it is taken")
+		render     = fs.String("render", "", "comma-separated report.json files: run nothing, merge their runs and write the table, --out and --plots from them")
 		cpArgs     stringList
+		cpEnv      stringList
 	)
 	fs.Var(&cpArgs, "cp-arg", "extra control-plane flag for the single run, repeatable (e.g. --cp-arg=--debounce=1ms)")
+	fs.Var(&cpEnv, "cp-env", "KEY=VALUE added to the control plane's environment, repeatable, for every run (e.g. --cp-env=GOGC=200)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -85,6 +88,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if *render != "" {
+		rep, err := merge(strings.Split(*render, ","))
+		if err == nil {
+			err = write(rep, *outDir, *plotsDir)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "fjord-load:", err)
+			return 1
+		}
+		load.WriteMarkdown(stdout, rep)
+		return 0
+	}
 
 	var specs []load.RunSpec
 	if *matrix != "" {
@@ -180,6 +195,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
+	for i := range specs {
+		specs[i].CPEnv = append(specs[i].CPEnv, cpEnv...)
+	}
 	rep := &load.Report{Machine: load.DescribeMachine(), Command: "fjord-load " + strings.Join(args, " ")}
 	code := 0
 	for _, spec := range specs {
@@ -249,6 +267,27 @@ func write(rep *load.Report, outDir, plotsDir string) error {
 		}
 	}
 	return nil
+}
+
+// merge reads reports and returns one with all their runs, in order; the
+// machine and command are the first report's.
+func merge(paths []string) (*load.Report, error) {
+	out := &load.Report{}
+	for i, p := range paths {
+		b, err := os.ReadFile(strings.TrimSpace(p))
+		if err != nil {
+			return nil, err
+		}
+		var rep load.Report
+		if err := json.Unmarshal(b, &rep); err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		if i == 0 {
+			out.Machine, out.Command = rep.Machine, rep.Command
+		}
+		out.Runs = append(out.Runs, rep.Runs...)
+	}
+	return out, nil
 }
 
 func keys(m map[string]bool) []string {
