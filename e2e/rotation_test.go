@@ -109,7 +109,11 @@ func TestRotationUnderLoad(t *testing.T) {
 	eventually(t, 4*(rotationLeafTTL+rotationSkew), "the root rotation to complete", func() (bool, string) {
 		st := caStatus(t, cp)
 		if p := certs.Phase(st.GetPhase()); p != phase {
-			t.Logf("%s: CA phase %s (until %s), roots %s", since(), p, st.GetDeadline().AsTime().Format(time.TimeOnly), describeRoots(st))
+			until := ""
+			if st.GetDeadline() != nil {
+				until = " until " + st.GetDeadline().AsTime().Format(time.TimeOnly)
+			}
+			t.Logf("%s: CA phase %s%s, roots %s", since(), p, until, describeRoots(st))
 			phase = p
 		}
 		signing := st.signingRoot(t)
