@@ -226,9 +226,10 @@ func kubeIdentity(cfg *Config, ko KubeOptions, meshNS string) (intermediate func
 // take turns writing.
 func publishWhileLeading(ctx context.Context, elector watcher.Elector, pub *watcher.RootCAPublisher) error {
 	for {
+		// Await returns a live term even when ctx has ended.
 		term, err := elector.Await(ctx)
-		if err != nil {
-			return nil // ctx ended
+		if err != nil || ctx.Err() != nil {
+			return nil
 		}
 		lctx, cancel := context.WithCancel(ctx)
 		stop := context.AfterFunc(term, cancel)

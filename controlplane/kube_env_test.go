@@ -250,7 +250,7 @@ func TestRunKubeIdentity(t *testing.T) {
 
 	t.Run("Builtin", func(t *testing.T) {
 		cfg := base()
-		runKube(t, cfg, KubeOptions{REST: rc})
+		runKube(t, cfg, KubeOptions{REST: rc, LeaderElect: true})
 		var sec corev1.Secret
 		eventually(t, "Secret fjord-ca", func() (bool, string) {
 			err := admin.Get(ctx, client.ObjectKey{Namespace: "fjord-system", Name: watcher.CASecretName}, &sec)
