@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/fjordmesh/fjord/certs"
 )
 
 // kubeControlPlane is one fjord-cp process in Kubernetes mode, with leader
@@ -142,4 +147,28 @@ func (cp *kubeControlPlane) output() string {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	return cp.log.String()
+}
+
+// testRootCAConfigMap: fjord-cp, as the installed ServiceAccount, keeps
+// ConfigMap fjord-root-ca in the meshed namespace, and its ca.crt is the
+// root of the CA in Secret fjord-ca: what agents there trust to reach the
+// control plane.
+func (k *kube) testRootCAConfigMap(t *testing.T) {
+	ctx := context.Background()
+	var sec corev1.Secret
+	if err := k.admin.Get(ctx, client.ObjectKey{Namespace: "fjord-system", Name: "fjord-ca"}, &sec); err != nil {
+		t.Fatalf("Secret fjord-ca: %v", err)
+	}
+	roots, err := certs.ParseCerts(sec.Data["root.pem"])
+	if err != nil || len(roots) != 1 {
+		t.Fatalf("root.pem of Secret fjord-ca: %d certificates, %v", len(roots), err)
+	}
+	want := string(certs.EncodeCerts(roots))
+	eventually(t, time.Minute, "ConfigMap fjord-root-ca in "+namespace+" to hold the CA's root", func() (bool, string) {
+		var cm corev1.ConfigMap
+		if err := k.admin.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "fjord-root-ca"}, &cm); err != nil {
+			return false, err.Error()
+		}
+		return cm.Data["ca.crt"] == want, fmt.Sprintf("ca.crt %q, want %q", cm.Data["ca.crt"], want)
+	})
 }

@@ -62,6 +62,7 @@ func TestKube(t *testing.T) {
 		return
 	}
 	k := startKube(t)
+	t.Run("RootCAConfigMap", k.testRootCAConfigMap)
 	t.Run("OutlierEjection", k.testOutlierEjection)
 	t.Run("RetriesAndTheirRemoval", k.testRetries)
 	t.Run("MaxRequestsBreakerAndItsRemoval", k.testBreaker)
