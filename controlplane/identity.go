@@ -59,7 +59,8 @@ type IdentityConfig struct {
 	// tokens minted by `fjordctl token create`, kept in fjord.db.
 	Authenticator certs.Authenticator
 	// DNSNames and IPs are what clients dial the secure port by, for the
-	// serving certificate. Default fjord-cp.<mesh namespace>.svc, 127.0.0.1
+	// serving certificate. Default <ServiceAccount>.<mesh namespace>.svc
+	// (the install names its Service like its ServiceAccount), 127.0.0.1
 	// and the secure address's IP if it names one.
 	DNSNames []string
 	IPs      []net.IP
@@ -156,7 +157,7 @@ func (cp *ControlPlane) newIdentity() (_ *identity, err error) {
 	}
 	dns, ips := cfg.DNSNames, cfg.IPs
 	if len(dns)+len(ips) == 0 {
-		dns = []string{DefaultServiceAccount + "." + cp.cfg.MeshNamespace + ".svc"}
+		dns = []string{cfg.ServiceAccount + "." + cp.cfg.MeshNamespace + ".svc"}
 		ips = []net.IP{net.IPv4(127, 0, 0, 1)}
 		if a, ok := id.secureLis.Addr().(*net.TCPAddr); ok && !a.IP.IsUnspecified() && !a.IP.IsLoopback() {
 			ips = append(ips, a.IP)
