@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,9 +20,19 @@ const (
 	BootstrapFile = "bootstrap.json"
 )
 
-// DefaultRefreshInterval is how often grpc-go's file_watcher re-reads the
-// files: far below the third of a leaf's lifetime left at renewal.
+// DefaultRefreshInterval is the longest interval at which grpc-go's
+// file_watcher re-reads the files: far below the third of a 24 h leaf's
+// lifetime left at renewal.
 const DefaultRefreshInterval = time.Minute
+
+// RefreshFor is the file_watcher refresh interval for leaves like leaf: a
+// sixth of its lifetime, so gRPC picks up a renewal (at 2/3) long before the
+// old certificate expires even with short-lived leaves, capped at
+// DefaultRefreshInterval and at least a second.
+func RefreshFor(leaf *x509.Certificate) time.Duration {
+	r := leaf.NotAfter.Sub(leaf.NotBefore) / 6
+	return min(max(r, time.Second), DefaultRefreshInterval)
+}
 
 // WriteFiles writes the credentials into dir: the bundle first (so new roots
 // are trusted before anything signed by them appears), then the key, then

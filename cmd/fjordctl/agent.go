@@ -107,7 +107,7 @@ The key never leaves this process, except to the local data plane.`,
 	f.StringVar(&outDir, "out-dir", "", "keep key.pem, cert.pem, ca.pem and bootstrap.json in this directory")
 	f.StringVar(&workload, "name", "", "workload name for the node in bootstrap.json (with --out-dir; default: the service account)")
 	f.StringVar(&xdsAddress, "xds-address", "127.0.0.1:15012", "control plane's authenticated xDS address for bootstrap.json (TLS with the workload's certificate)")
-	f.DurationVar(&refresh, "refresh-interval", agent.DefaultRefreshInterval, "how often gRPC re-reads the files (bootstrap.json)")
+	f.DurationVar(&refresh, "refresh-interval", 0, "how often gRPC re-reads the files (bootstrap.json); default: a sixth of the certificate's lifetime, at most "+agent.DefaultRefreshInterval.String())
 	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	for _, name := range []string{"identity", "token-file", "ca-file"} {
 		_ = cmd.MarkFlagRequired(name)
@@ -137,9 +137,11 @@ func runAgent(ctx context.Context, a *agent.Agent, log *slog.Logger, d agentDeli
 		if err := os.MkdirAll(d.outDir, 0o700); err != nil {
 			return fmt.Errorf("--out-dir: %w", err)
 		}
-		var err error
-		if boot, err = agent.GRPCBootstrap(d.info, d.xdsAddress, d.outDir, d.refresh); err != nil {
-			return err
+		if d.refresh != 0 {
+			var err error
+			if boot, err = agent.GRPCBootstrap(d.info, d.xdsAddress, d.outDir, d.refresh); err != nil {
+				return err
+			}
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
@@ -159,6 +161,13 @@ func runAgent(ctx context.Context, a *agent.Agent, log *slog.Logger, d agentDeli
 			}
 			if err := agent.WriteFiles(d.outDir, a.Current()); err != nil {
 				return err
+			}
+			if boot == nil {
+				var err error
+				refresh := agent.RefreshFor(a.Current().Leaf())
+				if boot, err = agent.GRPCBootstrap(d.info, d.xdsAddress, d.outDir, refresh); err != nil {
+					return err
+				}
 			}
 			if err := writeFileMode(filepath.Join(d.outDir, agent.BootstrapFile), boot, 0o644); err != nil {
 				return err
