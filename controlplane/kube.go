@@ -161,7 +161,7 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 			stopIssuer()
 			return err
 		}
-		stopPublisher = runSide("root CA publisher", func(ctx context.Context) error { return publishWhileLeading(ctx, elector, pub) })
+		stopPublisher = runSide("root CA publisher", func(ctx context.Context) error { return publishWhileLeading(ctx, elector, pub.Run) })
 	}
 	stopLeader := func() {}
 	if leader != nil {
@@ -224,7 +224,7 @@ func kubeIdentity(cfg *Config, ko KubeOptions, meshNS string) (intermediate func
 // publishWhileLeading runs the publisher during each term of leadership, so
 // that replicas whose bundles differ for a moment during a rotation do not
 // take turns writing.
-func publishWhileLeading(ctx context.Context, elector watcher.Elector, pub *watcher.RootCAPublisher) error {
+func publishWhileLeading(ctx context.Context, elector watcher.Elector, publish func(context.Context) error) error {
 	for {
 		// Await returns a live term even when ctx has ended.
 		term, err := elector.Await(ctx)
@@ -233,7 +233,7 @@ func publishWhileLeading(ctx context.Context, elector watcher.Elector, pub *watc
 		}
 		lctx, cancel := context.WithCancel(ctx)
 		stop := context.AfterFunc(term, cancel)
-		err = pub.Run(lctx)
+		err = publish(lctx)
 		stop()
 		cancel()
 		if err != nil {

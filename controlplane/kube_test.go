@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/fjordmesh/fjord/policy"
 	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
+	"github.com/fjordmesh/fjord/watcher"
 	"github.com/fjordmesh/fjord/watcher/model"
 )
 
@@ -114,3 +116,68 @@ func TestRunKubeNeedsAnAPIServer(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// termElector hands out the terms a test starts and ends; with keep set,
+// it hands out a live term even after ctx has ended, as watcher.Leader does
+// while it still leads.
+type termElector struct {
+	terms chan context.Context
+	keep  context.Context
+}
+
+func (e *termElector) Leading() bool { return false }
+
+func (e *termElector) Await(ctx context.Context) (context.Context, error) {
+	if e.keep != nil {
+		return e.keep, nil
+	}
+	select {
+	case term := <-e.terms:
+		return term, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// The root CA publisher runs during each term only, and stops when its own
+// context ends even though this replica still leads.
+func TestPublishWhileLeading(t *testing.T) {
+	e := &termElector{terms: make(chan context.Context)}
+	runs := make(chan context.Context)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- publishWhileLeading(ctx, e, func(ctx context.Context) error {
+			runs <- ctx
+			<-ctx.Done()
+			return nil
+		})
+	}()
+
+	term1, end1 := context.WithCancel(context.Background())
+	e.terms <- term1
+	run1 := <-runs
+	end1()
+	<-run1.Done() // the first term's run stops with the term
+
+	term2, end2 := context.WithCancel(context.Background())
+	defer end2()
+	e.terms <- term2
+	run2 := <-runs
+	e.keep = term2 // from now on Await answers at once with the live term
+	cancel()
+	<-run2.Done()
+	if err := <-done; err != nil {
+		t.Fatalf("publishWhileLeading = %v, want nil after ctx ended", err)
+	}
+}
+
+// A publisher that fails ends the loop with its error.
+func TestPublishWhileLeadingFails(t *testing.T) {
+	want := errors.New("listing namespaces")
+	err := publishWhileLeading(context.Background(), watcher.AlwaysLeader{}, func(context.Context) error { return want })
+	if !errors.Is(err, want) {
+		t.Fatalf("publishWhileLeading = %v, want %v", err, want)
+	}
+}
