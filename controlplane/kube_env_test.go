@@ -21,6 +21,8 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/go-logr/logr"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -32,6 +34,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/fjordmesh/fjord/certs"
+	"github.com/fjordmesh/fjord/certs/api"
 	"github.com/fjordmesh/fjord/watcher"
 )
 
@@ -195,6 +198,7 @@ func TestRunKubeIdentity(t *testing.T) {
 	var cmRoot *x509.Certificate
 	t.Run("CertManager", func(t *testing.T) {
 		cfg := base()
+		cfg.DataDir = t.TempDir() // for the admin socket
 		runKube(t, cfg, KubeOptions{REST: rc, CAIssuer: CAIssuerCertManager, CAIssuerRef: "Issuer/mesh-ca"})
 
 		// Fjord asks for its intermediate...
@@ -242,6 +246,20 @@ func TestRunKubeIdentity(t *testing.T) {
 			got, err := rootCAConfigMap(admin, meshed)
 			return got == want, fmt.Sprintf("ca.crt %q, err %v", got, err)
 		})
+		// The intermediate's rotations are cert-manager's, not the admin
+		// socket's.
+		conn, err := api.DialAdmin(filepath.Join(cfg.DataDir, api.AdminSocket))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		adminAPI := api.NewAdminServiceClient(conn)
+		if _, err := adminAPI.Rotate(ctx, &api.RotateRequest{}); status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("ca rotate in cert-manager mode = %v, want FailedPrecondition", err)
+		}
+		if _, err := adminAPI.Status(ctx, &api.StatusRequest{}); status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("ca status in cert-manager mode = %v, want FailedPrecondition", err)
+		}
 		cmRoot = root
 	})
 	if t.Failed() {
