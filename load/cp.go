@@ -27,6 +27,9 @@ type CPSpec struct {
 	// ConfigDir, DataDir, XDSAddress and MonitoringAddress become fjord-cp's
 	// flags of the same names.
 	ConfigDir, DataDir, XDSAddress, MonitoringAddress string
+	// Kubeconfig, if set, runs the control plane in Kubernetes mode
+	// (--kubeconfig) instead of on ConfigDir and DataDir.
+	Kubeconfig string
 	// Args are further flags (--debounce, --max-delay, ...).
 	Args []string
 	// Env is added to the process's environment (GOGC=..., GODEBUG=...,
@@ -89,11 +92,14 @@ func (cp *ControlPlane) Start() error {
 		return errors.New("cannot start a control plane the harness attached to")
 	}
 	args := append(cp.spec.Command[1:len(cp.spec.Command):len(cp.spec.Command)],
-		"--config-dir", cp.spec.ConfigDir,
-		"--data-dir", cp.spec.DataDir,
 		"--xds-address", cp.spec.XDSAddress,
 		"--monitoring-address", cp.spec.MonitoringAddress,
 	)
+	if cp.spec.Kubeconfig != "" {
+		args = append(args, "--kubeconfig", cp.spec.Kubeconfig)
+	} else {
+		args = append(args, "--config-dir", cp.spec.ConfigDir, "--data-dir", cp.spec.DataDir)
+	}
 	args = append(args, cp.spec.Args...)
 	logFile, err := os.OpenFile(cp.spec.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -259,9 +265,15 @@ func (cp *ControlPlane) exitErr() error {
 	return cp.waitErr
 }
 
+// ErrKilled is returned by Stop when the process did not exit within the
+// grace period after SIGTERM and was killed, as Kubernetes kills a pod
+// after its termination grace period.
+var ErrKilled = errors.New("control plane killed: it did not exit after SIGTERM")
+
 // Stop sends SIGTERM to the process by pid and waits for it, killing it
-// after grace. It returns the exit error (nil for a clean exit); it is a
-// no-op when the harness did not start the process or it is not running.
+// after grace. It returns the exit error (nil for a clean exit, ErrKilled
+// after a kill); it is a no-op when the harness did not start the process
+// or it is not running.
 func (cp *ControlPlane) Stop(grace time.Duration) error {
 	cp.mu.Lock()
 	cmd, exited := cp.cmd, cp.exited
@@ -269,6 +281,7 @@ func (cp *ControlPlane) Stop(grace time.Duration) error {
 	if cmd == nil {
 		return nil
 	}
+	killed := false
 	select {
 	case <-exited:
 	default:
@@ -277,12 +290,16 @@ func (cp *ControlPlane) Stop(grace time.Duration) error {
 		case <-exited:
 		case <-time.After(grace):
 			_ = cmd.Process.Kill()
+			killed = true
 			<-exited
 		}
 	}
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	cp.cmd = nil
+	if killed {
+		return fmt.Errorf("%w within %v (log: %s)", ErrKilled, grace, cp.spec.LogPath)
+	}
 	return cp.waitErr
 }
 

@@ -1,6 +1,7 @@
 package load
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -47,8 +48,8 @@ const meshNamespace = "fjord-system"
 // value can only have received the change.
 const firstLimit = 1000
 
-// Mesh is a generated standalone config directory and what the harness last
-// wrote into it. Its methods change one thing, write the files concerned
+// Mesh is a generated mesh, in a standalone config directory or in the API
+// server, and what the harness last wrote into it. Its methods change one thing, write the files concerned
 // (each by an atomic rename, as a careful editor or a ConfigMap update
 // does), and return the Change with the content that proves a proxy got it.
 // A Mesh is used from one goroutine.
@@ -57,6 +58,12 @@ type Mesh struct {
 	spec       MeshSpec
 	namespaces []string
 	services   []*service
+	// firstOctet of the endpoint addresses: 127 for files, 10 for the API
+	// server, which refuses loopback addresses in EndpointSlices.
+	firstOctet int
+	// write puts a file in place: a file in dir, or its objects applied to
+	// the API server.
+	write func(file) error
 
 	// Each scope of policy change owns one connection-pool field, so that
 	// no scope shadows another and a change affects exactly the Services of
@@ -94,13 +101,6 @@ func (s *service) presentAddrs() []string {
 // GenerateMesh writes a config directory for spec into dir, which must be
 // empty or not exist.
 func GenerateMesh(dir string, spec MeshSpec) (*Mesh, error) {
-	spec.defaults()
-	if spec.Services <= 0 || spec.Endpoints <= 0 {
-		return nil, fmt.Errorf("mesh of %d services x %d endpoints: both must be positive", spec.Services, spec.Endpoints)
-	}
-	if spec.Services*(spec.Endpoints+1) >= 1<<24 {
-		return nil, fmt.Errorf("mesh of %d services x %d endpoints: more addresses than 127.0.0.0/8 holds", spec.Services, spec.Endpoints)
-	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("config dir: %w", err)
 	}
@@ -109,8 +109,48 @@ func GenerateMesh(dir string, spec MeshSpec) (*Mesh, error) {
 	} else if len(ents) > 0 {
 		return nil, fmt.Errorf("config dir %s is not empty", dir)
 	}
+	m, err := newMesh(dir, spec, 127)
+	if err != nil {
+		return nil, err
+	}
+	m.write = file.write
+	for _, f := range m.files() {
+		if err := f.write(); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// GenerateKubeMesh writes the mesh for spec into the API server: its
+// namespaces, then every object, applied server-side. Endpoint addresses
+// are in 10.0.0.0/8 (the API server refuses loopback ones); they are only
+// data, nothing connects to them.
+func GenerateKubeMesh(ctx context.Context, k *Kube, spec MeshSpec) (*Mesh, error) {
+	m, err := newMesh("", spec, 10)
+	if err != nil {
+		return nil, err
+	}
+	m.write = func(f file) error { return k.apply(ctx, f) }
+	if err := k.ensureNamespaces(ctx, append([]string{meshNamespace}, m.namespaces...)); err != nil {
+		return nil, err
+	}
+	if err := k.applyAll(ctx, m.files()); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func newMesh(dir string, spec MeshSpec, firstOctet int) (*Mesh, error) {
+	spec.defaults()
+	if spec.Services <= 0 || spec.Endpoints <= 0 {
+		return nil, fmt.Errorf("mesh of %d services x %d endpoints: both must be positive", spec.Services, spec.Endpoints)
+	}
+	if spec.Services*(spec.Endpoints+1) >= 1<<24 {
+		return nil, fmt.Errorf("mesh of %d services x %d endpoints: more addresses than a /8 holds", spec.Services, spec.Endpoints)
+	}
 	m := &Mesh{
-		dir: dir, spec: spec,
+		dir: dir, spec: spec, firstOctet: firstOctet,
 		meshMaxConnections: firstLimit,
 		nsMaxPending:       map[string]int32{},
 		nextValue:          firstLimit + 1,
@@ -123,6 +163,12 @@ func GenerateMesh(dir string, spec MeshSpec) (*Mesh, error) {
 		s.ownPolicy = spec.PolicyEvery > 0 && i%spec.PolicyEvery == 0
 		m.services = append(m.services, s)
 	}
+	return m, nil
+}
+
+// files is the whole mesh: the mesh default, the namespace defaults, and
+// every Service with its EndpointSlice and its policy.
+func (m *Mesh) files() []file {
 	files := []file{m.meshPolicy()}
 	for _, ns := range m.namespaces {
 		files = append(files, m.namespacePolicy(ns))
@@ -133,36 +179,33 @@ func GenerateMesh(dir string, spec MeshSpec) (*Mesh, error) {
 			files = append(files, m.servicePolicy(s))
 		}
 	}
-	for _, f := range files {
-		if err := f.write(); err != nil {
-			return nil, err
-		}
-	}
-	return m, nil
+	return files
+}
+
+// writer returns the function that makes f's change.
+func (m *Mesh) writer(f file) func() error {
+	return func() error { return m.write(f) }
 }
 
 // newService makes Service i: its namespace, port and addresses, all
-// present. Addresses are 127.x.y.z and unique across the mesh; they are
-// only data, nothing ever connects to them.
+// present. Addresses are unique across the mesh; they are only data,
+// nothing ever connects to them.
 func (m *Mesh) newService(i int) *service {
 	s := &service{
 		key:  model.Key{Namespace: m.namespaces[i%len(m.namespaces)], Name: fmt.Sprintf("svc-%05d", i)},
 		port: servicePorts[i%len(servicePorts)],
 	}
 	for j := range m.spec.Endpoints {
-		s.addrs = append(s.addrs, address(i*(m.spec.Endpoints+1)+j+1))
+		s.addrs = append(s.addrs, address(m.firstOctet, i*(m.spec.Endpoints+1)+j+1))
 		s.present = append(s.present, true)
 	}
 	return s
 }
 
-// address is the n-th address of 127.0.0.0/8 (n < 2^24).
-func address(n int) string {
-	return fmt.Sprintf("127.%d.%d.%d", n>>16&0xff, n>>8&0xff, n&0xff)
+// address is the n-th address of the /8 starting with first (n < 2^24).
+func address(first, n int) string {
+	return fmt.Sprintf("%d.%d.%d.%d", first, n>>16&0xff, n>>8&0xff, n&0xff)
 }
-
-// Dir is the config directory.
-func (m *Mesh) Dir() string { return m.dir }
 
 // Services is the number of Services, including added ones.
 func (m *Mesh) Services() int { return len(m.services) }
@@ -277,7 +320,7 @@ func (m *Mesh) FlipEndpoint(svc, ep int) *Change {
 	return &Change{
 		What:  fmt.Sprintf("%s endpoint %s of %s", verb, s.addrs[ep], s.key),
 		probe: &endpointProbe{svc: svc, cluster: s.cluster(), addr: s.addrs[ep], present: s.present[ep]},
-		write: m.serviceFile(s).write,
+		write: m.writer(m.serviceFile(s)),
 	}
 }
 
@@ -336,7 +379,7 @@ func (m *Mesh) SetLimit(scope Scope, svc int) (*Change, error) {
 	default:
 		return nil, fmt.Errorf("unknown policy scope %q", scope)
 	}
-	return &Change{What: fmt.Sprintf("%s (%d services)", what, len(p.clusters)), probe: p, write: f.write}, nil
+	return &Change{What: fmt.Sprintf("%s (%d services)", what, len(p.clusters)), probe: p, write: m.writer(f)}, nil
 }
 
 // AddService adds a Service with its EndpointSlice in a file of its own.
@@ -350,6 +393,6 @@ func (m *Mesh) AddService() (*Change, error) {
 	return &Change{
 		What:  "new service " + s.key.String(),
 		probe: &newServiceProbe{svc: i, cluster: s.cluster(), addrs: s.presentAddrs()},
-		write: m.serviceFile(s).write,
+		write: m.writer(m.serviceFile(s)),
 	}, nil
 }

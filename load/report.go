@@ -92,7 +92,11 @@ func WriteMarkdown(w io.Writer, rep *Report) {
 		rs := "–"
 		for _, s := range run.Scenarios {
 			if s.Restart != nil {
-				rs = fmt.Sprintf("%.2f | %.2f | %.2f | %.2f", s.Restart.StopSeconds, s.Restart.ListeningSeconds, s.Restart.ReconnectedSeconds, s.Restart.ConvergedSeconds)
+				killed := ""
+				if s.Restart.Killed {
+					killed = " (killed)"
+				}
+				rs = fmt.Sprintf("%.2f%s | %.2f | %.2f | %.2f", s.Restart.StopSeconds, killed, s.Restart.ListeningSeconds, s.Restart.ReconnectedSeconds, s.Restart.ConvergedSeconds)
 			}
 		}
 		if rs == "–" {

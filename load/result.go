@@ -11,9 +11,12 @@ type Report struct {
 
 // RunResult is what one run measured.
 type RunResult struct {
-	Spec     RunSpec   `json:"spec"`
-	Started  time.Time `json:"started"`
-	Finished time.Time `json:"finished"`
+	Spec RunSpec `json:"spec"`
+	// Kubernetes: the mesh lived in a real API server and the control plane
+	// ran in Kubernetes mode; otherwise standalone, on a directory.
+	Kubernetes bool      `json:"kubernetes"`
+	Started    time.Time `json:"started"`
+	Finished   time.Time `json:"finished"`
 	// LoadAverage is /proc/loadavg at the start and the end: on a shared
 	// machine other work inflates wall-clock latencies (CPU seconds are
 	// not affected).
@@ -122,8 +125,10 @@ type ScenarioResult struct {
 // RestartResult times a control-plane restart, all from the moment the
 // new process was started.
 type RestartResult struct {
-	// StopSeconds is how long the old process took to exit after SIGTERM.
+	// StopSeconds is how long the old process took to exit after SIGTERM;
+	// Killed says it had not after 30 s and was killed.
 	StopSeconds float64 `json:"stopSeconds"`
+	Killed      bool    `json:"killed,omitempty"`
 	// ListeningSeconds: the xDS port accepts connections.
 	ListeningSeconds float64 `json:"listeningSeconds"`
 	// ReconnectedSeconds: every proxy has a new stream with its

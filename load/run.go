@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -104,6 +105,11 @@ type Env struct {
 	// serve /debug/pprof on (fjord-load controlplane --pprof-address).
 	// Otherwise pprof is used if the monitoring address serves it.
 	PprofFlag string
+	// KubeAssets, if set, runs every run in Kubernetes mode: a real
+	// kube-apiserver and etcd from this directory (bin/k8s) with the CRDs
+	// of KubeCRDs, the mesh written through the API, and the control plane
+	// started with --kubeconfig.
+	KubeAssets, KubeCRDs string
 	// Attach is a running control plane to measure instead, with the
 	// (empty) directory it serves as AttachConfigDir.
 	Attach          *ControlPlane
@@ -121,6 +127,7 @@ type runner struct {
 	spec  RunSpec
 	res   *RunResult
 	mesh  *Mesh
+	kube  *Kube
 	cp    *ControlPlane
 	fleet *Fleet
 	rng   *rand.Rand
@@ -179,7 +186,20 @@ func (r *runner) setUp(ctx context.Context) error {
 		return err
 	}
 	var err error
-	if r.mesh, err = GenerateMesh(configDir, r.spec.Mesh); err != nil {
+	if r.env.KubeAssets != "" {
+		if r.env.Attach != nil {
+			return errors.New("Kubernetes mode starts its own control plane: it cannot attach to one")
+		}
+		start := time.Now()
+		if r.kube, err = StartKube(r.env.KubeAssets, r.env.KubeCRDs, filepath.Join(dir, "kube")); err != nil {
+			return err
+		}
+		if r.mesh, err = GenerateKubeMesh(ctx, r.kube, r.spec.Mesh); err != nil {
+			return err
+		}
+		r.res.Kubernetes = true
+		r.log.Info("API server holds the mesh", "took", time.Since(start))
+	} else if r.mesh, err = GenerateMesh(configDir, r.spec.Mesh); err != nil {
 		return err
 	}
 	r.res.Spec.Mesh = r.mesh.spec
@@ -195,11 +215,23 @@ func (r *runner) setUp(ctx context.Context) error {
 			Env:       r.spec.CPEnv,
 			LogPath:   filepath.Join(dir, "fjord-cp.log"),
 		}
+		if r.kube != nil {
+			cs.Kubeconfig = r.kube.Kubeconfig
+		}
 		if cs.XDSAddress, err = FreeAddress(); err != nil {
 			return err
 		}
 		if cs.MonitoringAddress, err = FreeAddress(); err != nil {
 			return err
+		}
+		// A control plane with identity serves its certificate API on a
+		// fixed default port; give it a free one, so runs never collide.
+		if helpMentions(cs.Command, "-secure-address") {
+			addr, err := FreeAddress()
+			if err != nil {
+				return err
+			}
+			cs.Args = append([]string{"--secure-address", addr}, cs.Args...)
 		}
 		if r.env.PprofFlag != "" {
 			addr, err := FreeAddress()
@@ -229,6 +261,12 @@ func (r *runner) setUp(ctx context.Context) error {
 	r.res.PolicyProblems = r.policyProblems(ctx)
 	r.fleet = NewFleet(r.cp.XDSAddress(), PlanProxies(r.spec.Fleet, r.mesh), seconds(r.spec.ReconnectMaxSeconds))
 	return nil
+}
+
+// helpMentions reports whether the command's --help output contains s.
+func helpMentions(command []string, s string) bool {
+	out, _ := exec.Command(command[0], append(command[1:len(command):len(command)], "--help")...).CombinedOutput()
+	return strings.Contains(string(out), s)
 }
 
 // waitQuiet waits until no build has happened for two seconds.
@@ -265,17 +303,19 @@ func (r *runner) policyProblems(ctx context.Context) []string {
 		return []string{"reading /debug/status: " + err.Error()}
 	}
 	defer resp.Body.Close()
-	var statuses []struct {
-		Namespace, Name string
-		Ancestors       []struct {
-			Conditions []struct{ Type, Reason, Message string }
+	var statuses struct {
+		Policies []struct {
+			Namespace, Name string
+			Ancestors       []struct {
+				Conditions []struct{ Type, Reason, Message string }
+			}
 		}
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&statuses); err != nil {
 		return []string{"reading /debug/status: " + err.Error()}
 	}
 	var out []string
-	for _, st := range statuses {
+	for _, st := range statuses.Policies {
 		for _, a := range st.Ancestors {
 			for _, c := range a.Conditions {
 				if c.Reason != "Accepted" {
@@ -292,8 +332,13 @@ func (r *runner) tearDown() {
 		r.fleet.Close()
 	}
 	if r.cp != nil && r.cp.Started() {
-		if err := r.cp.Stop(15 * time.Second); err != nil {
+		if err := r.cp.Stop(30 * time.Second); err != nil {
 			r.res.Errors = append(r.res.Errors, fmt.Sprintf("control plane exit: %v", err))
+		}
+	}
+	if r.kube != nil {
+		if err := r.kube.Stop(); err != nil {
+			r.res.Errors = append(r.res.Errors, fmt.Sprintf("stopping kube-apiserver and etcd: %v", err))
 		}
 	}
 }

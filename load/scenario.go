@@ -2,6 +2,7 @@ package load
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -275,8 +276,13 @@ func (r *runner) restart(ctx context.Context) (*ScenarioResult, error) {
 	pc := r.fleet.Watch(c)
 	defer r.fleet.Forget(pc)
 
+	// 30 s is Kubernetes' default termination grace period: a control
+	// plane that takes longer is killed there too, and restarted.
 	stop := time.Now()
-	if err := r.cp.Stop(30 * time.Second); err != nil {
+	if err := r.cp.Stop(30 * time.Second); errors.Is(err, ErrKilled) {
+		res.Restart.Killed = true
+		r.log.Warn("restart: the control plane did not exit after SIGTERM and was killed", "error", err)
+	} else if err != nil {
 		return nil, fmt.Errorf("stopping the control plane: %w", err)
 	}
 	res.Restart.StopSeconds = time.Since(stop).Seconds()

@@ -75,6 +75,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		plotsDir   = fs.String("plots", "", "write SVG plots here")
 		profileDir = fs.String("profile", "", "write control-plane CPU profiles (one per scenario) and heap profiles here")
 		profileSec = fs.Int("profile-seconds", 20, "length of each CPU profile; scenarios repeat changes until it is taken")
+		kube       = fs.Bool("kube", false, "Kubernetes mode: write the mesh into a real kube-apiserver and etcd (envtest) and run fjord-cp --kubeconfig; run names get the prefix kube-")
+		kubeAssets = fs.String("kube-assets", "", "directory with kube-apiserver and etcd (default $KUBEBUILDER_ASSETS, else k8s next to this binary: make envtest-assets builds bin/k8s)")
+		kubeCRDs   = fs.String("kube-crds", "manifests/crd", "directory of the CRDs to install")
 		render     = fs.String("render", "", "comma-separated report.json files: run nothing, merge their runs and write the table, --out and --plots from them")
 		cpArgs     stringList
 		cpEnv      stringList
@@ -142,6 +145,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 
 	env := load.Env{WorkDir: *workDir, ProfileDir: *profileDir, Log: log}
+	if *kube {
+		if *cpMode == "embedded" || *attachXDS != "" {
+			fmt.Fprintln(stderr, "fjord-load: --kube runs fjord-cp itself (--cp exec)")
+			return 2
+		}
+		env.KubeAssets, env.KubeCRDs = *kubeAssets, *kubeCRDs
+		if env.KubeAssets == "" {
+			env.KubeAssets = os.Getenv("KUBEBUILDER_ASSETS")
+		}
+		if env.KubeAssets == "" {
+			self, err := os.Executable()
+			if err != nil {
+				fmt.Fprintln(stderr, "fjord-load:", err)
+				return 1
+			}
+			env.KubeAssets = filepath.Join(filepath.Dir(self), "k8s")
+		}
+		for i := range specs {
+			specs[i].Name = "kube-" + specs[i].Name
+		}
+	}
 	if *profileDir != "" {
 		env.ProfileSeconds = *profileSec
 	}
@@ -175,7 +199,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		mode := *cpMode
 		if mode == "" {
 			mode = "exec"
-			if *profileDir != "" {
+			if *profileDir != "" && !*kube {
 				mode = "embedded"
 			}
 		}
