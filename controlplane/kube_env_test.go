@@ -68,7 +68,20 @@ func startAPIServer(t *testing.T) (*rest.Config, client.Client) {
 	if err != nil {
 		t.Fatalf("starting kube-apiserver and etcd from %s: %v", assets, errors.Join(err, env.Stop()))
 	}
+	// go test -timeout ends the binary without cleanups: stop etcd and
+	// kube-apiserver shortly before, so that a hung test leaves nothing
+	// running.
+	var guard *time.Timer
+	if d, ok := t.Deadline(); ok {
+		guard = time.AfterFunc(time.Until(d)-10*time.Second, func() {
+			fmt.Fprintln(os.Stderr, "test deadline near: stopping kube-apiserver and etcd")
+			_ = env.Stop()
+		})
+	}
 	t.Cleanup(func() {
+		if guard != nil && !guard.Stop() {
+			return // the guard stopped them
+		}
 		if err := env.Stop(); err != nil {
 			t.Errorf("stopping kube-apiserver and etcd: %v", err)
 		}
