@@ -55,7 +55,7 @@ func WriteFiles(dir string, c *Credentials) error {
 		{KeyFile, key, 0o600},
 		{CertFile, c.ChainPEM, 0o644},
 	} {
-		if err := writeAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+		if err := WriteFileAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return err
 		}
 	}
@@ -109,9 +109,10 @@ func CredentialFiles(dir string, refresh time.Duration) bootstrap.FileWatcher {
 	}
 }
 
-// writeAtomic replaces path with data: a temporary file in the same
-// directory, with its final mode from the start, renamed over path.
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
+// WriteFileAtomic replaces path with data: a temporary file in the same
+// directory, with its final mode from the start, renamed over path, so a
+// reader (a proxy starting, gRPC's file_watcher) never sees half a file.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)

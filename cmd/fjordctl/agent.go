@@ -169,7 +169,7 @@ func runAgent(ctx context.Context, a *agent.Agent, log *slog.Logger, d agentDeli
 					return err
 				}
 			}
-			if err := writeFileMode(filepath.Join(d.outDir, agent.BootstrapFile), boot, 0o644); err != nil {
+			if err := agent.WriteFileAtomic(filepath.Join(d.outDir, agent.BootstrapFile), boot, 0o644); err != nil {
 				return err
 			}
 			log.Info("wrote credentials and gRPC bootstrap", "dir", d.outDir)

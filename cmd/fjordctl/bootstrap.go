@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -90,7 +89,7 @@ and proxy kind, which the control plane requires on every xDS stream.
 				_, err := cmd.OutOrStdout().Write(data)
 				return err
 			}
-			return writeFile(out, data)
+			return agent.WriteFileAtomic(out, data, 0o644)
 		},
 	}
 	f := cmd.Flags()
@@ -108,29 +107,4 @@ and proxy kind, which the control plane requires on every xDS stream.
 		_ = cmd.MarkFlagRequired(name)
 	}
 	return cmd
-}
-
-// writeFile replaces path atomically, so a proxy starting at the same time
-// never reads half a bootstrap.
-func writeFile(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
 }

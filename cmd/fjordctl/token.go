@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/fjordmesh/fjord/agent"
 	"github.com/fjordmesh/fjord/certs"
 	"github.com/fjordmesh/fjord/certs/api"
 )
@@ -74,10 +75,10 @@ print the token alone.`,
 			if err := os.MkdirAll(out, 0o700); err != nil {
 				return fmt.Errorf("output directory: %w", err)
 			}
-			if err := writeFileMode(filepath.Join(out, tokenFile), []byte(resp.Token+"\n"), 0o600); err != nil {
+			if err := agent.WriteFileAtomic(filepath.Join(out, tokenFile), []byte(resp.Token+"\n"), 0o600); err != nil {
 				return err
 			}
-			if err := writeFileMode(filepath.Join(out, caFile), []byte(resp.TrustBundlePem), 0o644); err != nil {
+			if err := agent.WriteFileAtomic(filepath.Join(out, caFile), []byte(resp.TrustBundlePem), 0o644); err != nil {
 				return err
 			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "token for %s, valid until %s: %s\ncontrol plane roots: %s\n",
@@ -127,28 +128,4 @@ func newTokenRevoke() *cobra.Command {
 	cmd.Flags().StringVar(&identity, "identity", "", "NAMESPACE/SERVICE-ACCOUNT whose tokens to revoke (required)")
 	_ = cmd.MarkFlagRequired("identity")
 	return cmd
-}
-
-// writeFileMode writes data to path with mode, replacing it atomically.
-func writeFileMode(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
 }
