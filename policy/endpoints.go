@@ -9,12 +9,17 @@ import (
 	"github.com/fjordmesh/fjord/watcher/model"
 )
 
-// endpointIndex finds the EndpointSlices of a Service without scanning
-// every slice for every port.
-type endpointIndex map[model.Key][]*model.EndpointSlice
+// EndpointIndex finds the EndpointSlices of a Service without scanning
+// every slice for every port. Resolve builds one over the whole snapshot;
+// the control plane's endpoint fast path builds one over the slices of the
+// Services an endpoint change touched and recomputes only their ports, with
+// exactly the result Resolve would give.
+type EndpointIndex map[model.Key][]*model.EndpointSlice
 
-func newEndpointIndex(in []model.EndpointSlice) endpointIndex {
-	idx := endpointIndex{}
+// NewEndpointIndex indexes slices by their owning Service. The slices are
+// referenced, not copied, and must not change while the index is used.
+func NewEndpointIndex(in []model.EndpointSlice) EndpointIndex {
+	idx := EndpointIndex{}
 	for i := range in {
 		s := &in[i]
 		k := model.Key{Namespace: s.Namespace, Name: s.Service}
@@ -26,12 +31,12 @@ func newEndpointIndex(in []model.EndpointSlice) endpointIndex {
 	return idx
 }
 
-// endpoints returns the backends of one Service port: every endpoint of the
+// Endpoints returns the backends of one Service port: every endpoint of the
 // Service's slices that carry a port of that name, deduplicated by address
 // and port and sorted. During a rollout the same address can appear in two
 // slices; it is kept once, ready if either copy is ready, otherwise the copy
 // from the first slice by name wins.
-func (idx endpointIndex) endpoints(svc model.Key, port string) []Endpoint {
+func (idx EndpointIndex) Endpoints(svc model.Key, port string) []Endpoint {
 	// candidate carries the parsed address so that sorting does not parse
 	// it on every comparison, and seq, the position in slice-name order,
 	// so that "first" is well defined after sorting.

@@ -232,7 +232,7 @@ func (r *resolver) compete(states []*policyState) {
 // resolveServices resolves every Service of the snapshot, sorted by key, with its
 // ports sorted by number.
 func (r *resolver) resolveServices(in *model.Snapshot) []Service {
-	eps := newEndpointIndex(in.EndpointSlices)
+	eps := NewEndpointIndex(in.EndpointSlices)
 	// Most ports share their stack of winning policies (often just the
 	// defaults), so each distinct stack is merged once; every port still
 	// gets its own copy.
@@ -258,7 +258,7 @@ func (r *resolver) resolveServices(in *model.Snapshot) []Service {
 				Name:        sp.Name,
 				Port:        sp.Port,
 				AppProtocol: sp.AppProtocol,
-				Endpoints:   eps.endpoints(s.Key, sp.Name),
+				Endpoints:   eps.Endpoints(s.Key, sp.Name),
 				Policy:      *m.spec.DeepCopy(),
 				Sources:     slices.Clone(m.sources),
 			})

@@ -187,47 +187,80 @@ func grpcDownstreamTLS() *corev3.TransportSocket {
 
 // grpcServerListeners are the listeners xDS-enabled gRPC servers ask for,
 // named by ServerListenerName after the address the server listens on,
-// which gRPC also requires in the listener's address:
-//   - one per endpoint address and port of every Service port, ready or not
-//     (a starting server serves only once it has its listener, so it could
-//     never become ready otherwise), for servers bound to their pod IP;
-//   - one per endpoint port on 0.0.0.0 and on :: for servers bound to all
+// which gRPC also requires in the listener's address: those of
+// ServerAddresses for the endpoints of every Service port.
+func grpcServerListeners(m *policy.Mesh, opts Options) []*listenerv3.Listener {
+	if m == nil {
+		return nil
+	}
+	var addrs []ServerAddress
+	for i := range m.Services {
+		for j := range m.Services[i].Ports {
+			addrs = ServerAddresses(addrs, m.Services[i].Ports[j].Endpoints)
+		}
+	}
+	return ServerListeners(addrs, opts)
+}
+
+// ServerAddress is an address and port an xDS-enabled gRPC server may
+// listen on, and so the identity of one server listener.
+type ServerAddress struct {
+	Address string
+	Port    int32
+}
+
+// Name is the server listener's name, ServerListenerName of the address.
+func (a ServerAddress) Name() string { return ServerListenerName(a.Address, a.Port) }
+
+// ServerAddresses appends to dst the server listener addresses the
+// endpoints eps of one Service port call for, one entry per endpoint and
+// listener, repeats included:
+//   - the endpoint's address and port, ready or not (a starting server
+//     serves only once it has its listener, so it could never become ready
+//     otherwise), for servers bound to their pod IP;
+//   - 0.0.0.0 and :: with the endpoint's port, for servers bound to all
 //     addresses (Go's ":port" listens on [::]), which is how most servers
 //     listen in a pod.
 //
-// A server's config is the same whichever Service selects it, so a name
-// that several Services produce is one listener, and all listeners share
-// one filter chain, built and marshalled once: a mesh has about as many of
-// these listeners as endpoints.
-func grpcServerListeners(m *policy.Mesh, opts Options) []*listenerv3.Listener {
-	if m == nil {
+// A server's config is the same whichever Service selects it, so an
+// address that several Service ports call for is one listener. Counting
+// the repeats is what lets the control plane's endpoint fast path tell when
+// the last port calling for a listener stops doing so.
+func ServerAddresses(dst []ServerAddress, eps []policy.Endpoint) []ServerAddress {
+	for _, e := range eps {
+		dst = append(dst,
+			ServerAddress{Address: e.Address, Port: e.Port},
+			ServerAddress{Address: "0.0.0.0", Port: e.Port},
+			ServerAddress{Address: "::", Port: e.Port})
+	}
+	return dst
+}
+
+// ServerListeners builds one server listener per distinct name among
+// addrs, sorted by name, as Translate does for proxyless gRPC. All of them
+// share one filter chain, built and marshalled once: a mesh has about as
+// many of these listeners as endpoints.
+func ServerListeners(addrs []ServerAddress, opts Options) []*listenerv3.Listener {
+	if len(addrs) == 0 {
 		return nil
 	}
 	chain := grpcServerFilterChain(opts.MTLS)
 	seen := map[string]bool{}
 	var out []*listenerv3.Listener
-	add := func(address string, port int32) {
-		name := ServerListenerName(address, port)
+	for _, a := range addrs {
+		name := a.Name()
 		if seen[name] {
-			return
+			continue
 		}
 		seen[name] = true
 		out = append(out, &listenerv3.Listener{
 			Name:             name,
-			Address:          socketAddress(address, uint32(port)),
+			Address:          socketAddress(a.Address, uint32(a.Port)),
 			TrafficDirection: corev3.TrafficDirection_INBOUND,
 			FilterChains:     []*listenerv3.FilterChain{chain},
 		})
 	}
-	for i := range m.Services {
-		for j := range m.Services[i].Ports {
-			for _, e := range m.Services[i].Ports[j].Endpoints {
-				add(e.Address, e.Port)
-				add("0.0.0.0", e.Port)
-				add("::", e.Port)
-			}
-		}
-	}
+	sortByName(out)
 	return out
 }
 

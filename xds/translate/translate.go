@@ -4,7 +4,9 @@ import (
 	"slices"
 	"strings"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -42,11 +44,7 @@ func Translate(m *policy.Mesh, kind node.Kind, opts Options) *Resources {
 		}
 	}
 	for _, sp := range ports {
-		c := cluster(sp)
-		if opts.MTLS {
-			c.TransportSocket = upstreamTLS(kind, sp, opts)
-		}
-		r.Clusters = append(r.Clusters, c)
+		r.Clusters = append(r.Clusters, portCluster(kind, sp, opts))
 		r.Endpoints = append(r.Endpoints, loadAssignment(sp))
 	}
 	switch kind {
@@ -65,6 +63,28 @@ func Translate(m *policy.Mesh, kind node.Kind, opts Options) *Resources {
 	sortByName(r.Listeners)
 	sortByName(r.Routes)
 	return r
+}
+
+// PortCluster is the cluster Translate builds for port of svc for kind.
+// With opts.MTLS it depends on the port's endpoints (the identities a
+// client accepts include their service accounts), so the control plane's
+// endpoint fast path rebuilds it with the port's load assignment.
+func PortCluster(kind node.Kind, svc *policy.Service, port *policy.Port, opts Options) *clusterv3.Cluster {
+	return portCluster(kind, servicePort{svc: svc.Key, port: port, accounts: svc.ServiceAccounts}, opts)
+}
+
+// PortLoadAssignment is the ClusterLoadAssignment Translate builds for port
+// of svc, the same for every kind.
+func PortLoadAssignment(svc *policy.Service, port *policy.Port) *endpointv3.ClusterLoadAssignment {
+	return loadAssignment(servicePort{svc: svc.Key, port: port, accounts: svc.ServiceAccounts})
+}
+
+func portCluster(kind node.Kind, sp servicePort, opts Options) *clusterv3.Cluster {
+	c := cluster(sp)
+	if opts.MTLS {
+		c.TransportSocket = upstreamTLS(kind, sp, opts)
+	}
+	return c
 }
 
 // servicePort is one Service port with the Service it belongs to.
