@@ -205,29 +205,7 @@ func (ca *CA) Sign(csr *x509.CertificateRequest, id Identity, ttl time.Duration)
 	if err := id.Validate(); err != nil {
 		return nil, err
 	}
-	signer := ca.view.Load().st.Active
-	if !fastSigner(signer.SignerKey.Signer()) {
-		return ca.sign(csr, ttl, func(t *x509.Certificate) {
-			t.URIs = []*url.URL{id.URL()}
-		})
-	}
-	if ttl <= 0 || ttl > ca.opts.LeafTTL {
-		ttl = ca.opts.LeafTTL
-	}
-	serial, err := newSerial()
-	if err != nil {
-		return nil, err
-	}
-	nb, na := validity(ca.opts.Clock.Now(), ttl, signer.Signer.NotAfter)
-	der, err := encodeLeaf(serial, nb, na, csr.PublicKey, id.URL(), signer.Signer, signer.SignerKey.Signer())
-	if err != nil {
-		return nil, err
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("parsing signed leaf: %w", err)
-	}
-	return []*x509.Certificate{leaf, signer.Signer}, nil
+	return ca.sign(csr, ttl, func(t *x509.Certificate) { t.URIs = []*url.URL{id.URL()} })
 }
 
 // SignServing issues the control plane's own serving certificate: id's URI
@@ -248,29 +226,10 @@ func (ca *CA) sign(csr *x509.CertificateRequest, ttl time.Duration, names func(*
 	if ttl <= 0 || ttl > ca.opts.LeafTTL {
 		ttl = ca.opts.LeafTTL
 	}
-	v := ca.view.Load()
-	signer := v.st.Active
-	serial, err := newSerial()
+	signer := ca.view.Load().st.Active
+	leaf, err := issueLeaf(ca.opts.Clock.Now(), ttl, csr, names, signer.Signer, signer.SignerKey.Signer())
 	if err != nil {
 		return nil, err
-	}
-	nb, na := validity(ca.opts.Clock.Now(), ttl, signer.Signer.NotAfter)
-	t := &x509.Certificate{
-		SerialNumber:          serial,
-		NotBefore:             nb,
-		NotAfter:              na,
-		KeyUsage:              leafKeyUsage(csr.PublicKey),
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-	}
-	names(t)
-	der, err := x509.CreateCertificate(rand.Reader, t, signer.Signer, csr.PublicKey, signer.SignerKey.Signer())
-	if err != nil {
-		return nil, fmt.Errorf("signing leaf: %w", err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("parsing signed leaf: %w", err)
 	}
 	return []*x509.Certificate{leaf, signer.Signer}, nil
 }

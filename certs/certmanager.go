@@ -2,7 +2,6 @@ package certs
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -334,32 +333,9 @@ func (e *ExternalIssuer) sign(csr *x509.CertificateRequest, ttl time.Duration, n
 		ttl = e.opts.LeafTTL
 	}
 	s := v.signer
-	serial, err := newSerial()
+	leaf, err := issueLeaf(e.opts.Clock.Now(), ttl, csr, names, s.cert, s.key.Signer())
 	if err != nil {
 		return nil, err
-	}
-	nb, na := validity(e.opts.Clock.Now(), ttl, s.cert.NotAfter)
-	t := &x509.Certificate{
-		SerialNumber:          serial,
-		NotBefore:             nb,
-		NotAfter:              na,
-		KeyUsage:              leafKeyUsage(csr.PublicKey),
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-	}
-	names(t)
-	var der []byte
-	if len(t.URIs) == 1 && len(t.DNSNames) == 0 && len(t.IPAddresses) == 0 && fastSigner(s.key.Signer()) {
-		der, err = encodeLeaf(serial, nb, na, csr.PublicKey, t.URIs[0], s.cert, s.key.Signer())
-	} else {
-		der, err = x509.CreateCertificate(rand.Reader, t, s.cert, csr.PublicKey, s.key.Signer())
-	}
-	if err != nil {
-		return nil, fmt.Errorf("signing leaf: %w", err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("parsing signed leaf: %w", err)
 	}
 	return append([]*x509.Certificate{leaf}, s.chain...), nil
 }

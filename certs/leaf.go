@@ -178,3 +178,41 @@ func bitLength(b byte) int {
 	}
 	return 0
 }
+
+// issueLeaf signs a leaf certificate for csr's public key, valid for ttl from
+// now but never past the signer's own expiry; names sets its subject
+// alternative names. A workload leaf (one URI, nothing else) from an ECDSA
+// signer takes the direct encoding; anything else goes through
+// x509.CreateCertificate. Both issuers sign through here, so their leaves
+// are the same.
+func issueLeaf(now time.Time, ttl time.Duration, csr *x509.CertificateRequest, names func(*x509.Certificate),
+	signer *x509.Certificate, key crypto.Signer) (*x509.Certificate, error) {
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	nb, na := validity(now, ttl, signer.NotAfter)
+	t := &x509.Certificate{
+		SerialNumber:          serial,
+		NotBefore:             nb,
+		NotAfter:              na,
+		KeyUsage:              leafKeyUsage(csr.PublicKey),
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+	names(t)
+	var der []byte
+	if len(t.URIs) == 1 && len(t.DNSNames) == 0 && len(t.IPAddresses) == 0 && fastSigner(key) {
+		der, err = encodeLeaf(serial, nb, na, csr.PublicKey, t.URIs[0], signer, key)
+	} else {
+		der, err = x509.CreateCertificate(rand.Reader, t, signer, csr.PublicKey, key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("signing leaf: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parsing signed leaf: %w", err)
+	}
+	return leaf, nil
+}
