@@ -180,18 +180,8 @@ func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
 		return Stats{}, fmt.Errorf("xds cache update for %s proxies: resources are nil", kind)
 	}
 	start := time.Now()
-	var in [numTypes][]marshalled
-	var err error
-	if in[clusterType], err = prepare(clusterType, r.Clusters, func(m *clusterv3.Cluster) string { return m.GetName() }); err != nil {
-		return Stats{}, fmt.Errorf("xds cache update for %s proxies: %w", kind, err)
-	}
-	if in[endpointType], err = prepare(endpointType, r.Endpoints, func(m *endpointv3.ClusterLoadAssignment) string { return m.GetClusterName() }); err != nil {
-		return Stats{}, fmt.Errorf("xds cache update for %s proxies: %w", kind, err)
-	}
-	if in[listenerType], err = prepare(listenerType, r.Listeners, func(m *listenerv3.Listener) string { return m.GetName() }); err != nil {
-		return Stats{}, fmt.Errorf("xds cache update for %s proxies: %w", kind, err)
-	}
-	if in[routeType], err = prepare(routeType, r.Routes, func(m *routev3.RouteConfiguration) string { return m.GetName() }); err != nil {
+	in, err := prepareAll(r)
+	if err != nil {
 		return Stats{}, fmt.Errorf("xds cache update for %s proxies: %w", kind, err)
 	}
 
@@ -218,12 +208,26 @@ func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
 	c.mu.Lock()
 	first := !ks.ready
 	ks.ready = true
+	fired := ks.publishLocked(next, changed, first)
+	c.mu.Unlock()
+
+	for _, p := range fired {
+		p.deliver()
+	}
+	c.logUpdate("xds cache updated", kind, stats, len(fired), first, start)
+	return stats, nil
+}
+
+// publishLocked makes next what the kind serves and answers the watches
+// that the changed names concern (every watch if first: watches held
+// before the first build have never been checked). c.mu must be held; the
+// returned responses must be delivered after releasing it.
+func (ks *kindState) publishLocked(next [numTypes]*typeSnapshot, changed [numTypes]map[string]struct{}, first bool) []pending {
 	ks.types = next
 	var fired []pending
 	for t := range numTypes {
 		scope := changed[t]
 		if first {
-			// Watches held before the first build have never been checked.
 			scope = nil
 		} else if len(scope) == 0 {
 			continue
@@ -238,19 +242,115 @@ func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
 			}
 		}
 	}
+	return fired
+}
+
+func (c *Cache) logUpdate(msg string, kind node.Kind, stats Stats, notified int, first bool, start time.Time) {
+	level := slog.LevelDebug
+	if stats != (Stats{}) || first {
+		level = slog.LevelInfo
+	}
+	c.log.Log(context.Background(), level, msg, "kind", kind,
+		"changed", stats.Changed, "removed", stats.Removed, "notified", notified,
+		"duration", time.Since(start))
+}
+
+// Names lists resource names by type: what Patch removes.
+type Names struct {
+	Clusters, Endpoints, Listeners, Routes []string
+}
+
+// Patch changes part of what one kind is served, for changes that touch a
+// few resources of a large set (an endpoint flip changes one
+// ClusterLoadAssignment of thousands): every resource in upsert is added or
+// replaced, every name in remove is deleted (a name not served is
+// ignored), and everything else stays as it is. Only the given resources
+// are validated and marshalled. Otherwise it behaves as Update: if any
+// resource fails validation nothing changes and the error names it;
+// versions are content hashes, so a resource upserted with unchanged bytes
+// keeps its version and wakes nobody, and only watches on resources that
+// really changed are woken. The result is the cache Update would hold for
+// the patched set of resources.
+//
+// Patch refuses a kind that has had no Update yet: a partial set must never
+// be the first thing a proxy is told exists.
+func (c *Cache) Patch(kind node.Kind, upsert *translate.Resources, remove Names) (Stats, error) {
+	if _, err := node.ParseKind(string(kind)); err != nil {
+		return Stats{}, fmt.Errorf("xds cache patch: %w", err)
+	}
+	if upsert == nil {
+		upsert = &translate.Resources{}
+	}
+	start := time.Now()
+	in, err := prepareAll(upsert)
+	if err != nil {
+		return Stats{}, fmt.Errorf("xds cache patch for %s proxies: %w", kind, err)
+	}
+	removals := [numTypes][]string{
+		clusterType:  remove.Clusters,
+		endpointType: remove.Endpoints,
+		listenerType: remove.Listeners,
+		routeType:    remove.Routes,
+	}
+	for t := range numTypes {
+		for _, name := range removals[t] {
+			if slices.ContainsFunc(in[t], func(m marshalled) bool { return m.name == name }) {
+				return Stats{}, fmt.Errorf("xds cache patch for %s proxies: %s %q: both upserted and removed", kind, typeNames[t], name)
+			}
+		}
+	}
+
+	c.updateMu.Lock()
+	defer c.updateMu.Unlock()
+
+	c.mu.Lock()
+	ks := c.kindLocked(kind)
+	prev, ready := ks.types, ks.ready
+	c.mu.Unlock()
+	if !ready {
+		return Stats{}, fmt.Errorf("xds cache patch for %s proxies: no update yet", kind)
+	}
+
+	var (
+		next    [numTypes]*typeSnapshot
+		changed [numTypes]map[string]struct{}
+		stats   Stats
+	)
+	for t := range numTypes {
+		next[t], changed[t] = patch(t, prev[t], in[t], removals[t], &stats, func() string {
+			c.gen++
+			return strconv.FormatUint(c.gen, 10)
+		})
+	}
+
+	c.mu.Lock()
+	fired := ks.publishLocked(next, changed, false)
 	c.mu.Unlock()
 
 	for _, p := range fired {
 		p.deliver()
 	}
-	level := slog.LevelDebug
-	if stats != (Stats{}) || first {
-		level = slog.LevelInfo
-	}
-	c.log.Log(context.Background(), level, "xds cache updated", "kind", kind,
-		"changed", stats.Changed, "removed", stats.Removed, "notified", len(fired),
-		"duration", time.Since(start))
+	c.logUpdate("xds cache patched", kind, stats, len(fired), false, start)
 	return stats, nil
+}
+
+// prepareAll validates and serialises every resource of r, by type.
+func prepareAll(r *translate.Resources) ([numTypes][]marshalled, error) {
+	var in [numTypes][]marshalled
+	var err error
+	if in[clusterType], err = prepare(clusterType, r.Clusters, func(m *clusterv3.Cluster) string { return m.GetName() }); err != nil {
+		return in, err
+	}
+	if in[endpointType], err = prepare(endpointType, r.Endpoints, func(m *endpointv3.ClusterLoadAssignment) string { return m.GetClusterName() }); err != nil {
+		return in, err
+	}
+	if in[listenerType], err = prepare(listenerType, r.Listeners, func(m *listenerv3.Listener) string { return m.GetName() }); err != nil {
+		return in, err
+	}
+	if in[routeType], err = prepare(routeType, r.Routes, func(m *routev3.RouteConfiguration) string { return m.GetName() }); err != nil {
+		return in, err
+	}
+	return in, nil
 }
 
 // validated is what every Envoy resource message generated with
@@ -321,6 +421,64 @@ func diff(t typ, prev *typeSnapshot, in []marshalled, stats *Stats, gen func() s
 		return prev, nil
 	}
 	slices.SortFunc(sorted, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	return newTypeSnapshot(sorted, gen()), changed
+}
+
+// patch builds the next snapshot of one type from prev with the upserted
+// resources in and the removed names gone, reusing every other entry, and
+// reports the names added, modified or removed. With no change it returns
+// prev itself.
+func patch(t typ, prev *typeSnapshot, in []marshalled, remove []string, stats *Stats, gen func() string) (*typeSnapshot, map[string]struct{}) {
+	changed := map[string]struct{}{}
+	replaced := map[string]*entry{}
+	var added []*entry
+	for _, m := range in {
+		old := prev.byName[m.name]
+		if old != nil && old.version == m.version {
+			continue
+		}
+		payload := &anypb.Any{TypeUrl: typeURLs[t], Value: m.bytes}
+		e := &entry{
+			name:    m.name,
+			version: m.version,
+			any:     payload,
+			res:     &discoveryv3.Resource{Name: m.name, Version: m.version, Resource: payload},
+		}
+		if old != nil {
+			replaced[m.name] = e
+		} else {
+			added = append(added, e)
+		}
+		changed[m.name] = struct{}{}
+		stats.Changed++
+	}
+	removed := map[string]struct{}{}
+	for _, name := range remove {
+		if _, ok := prev.byName[name]; ok {
+			if _, dup := removed[name]; !dup {
+				removed[name] = struct{}{}
+				changed[name] = struct{}{}
+				stats.Removed++
+			}
+		}
+	}
+	if len(changed) == 0 {
+		return prev, nil
+	}
+	sorted := make([]*entry, 0, len(prev.sorted)+len(added)-len(removed))
+	for _, e := range prev.sorted {
+		if _, ok := removed[e.name]; ok {
+			continue
+		}
+		if r := replaced[e.name]; r != nil {
+			e = r
+		}
+		sorted = append(sorted, e)
+	}
+	if len(added) > 0 {
+		sorted = append(sorted, added...)
+		slices.SortFunc(sorted, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	}
 	return newTypeSnapshot(sorted, gen()), changed
 }
 
