@@ -22,7 +22,6 @@ import (
 	"github.com/fjordmesh/fjord/watcher"
 	"github.com/fjordmesh/fjord/watcher/model"
 	"github.com/fjordmesh/fjord/xds/cache"
-	"github.com/fjordmesh/fjord/xds/node"
 	"github.com/fjordmesh/fjord/xds/server"
 	"github.com/fjordmesh/fjord/xds/translate"
 )
@@ -94,8 +93,8 @@ type ControlPlane struct {
 
 	// Build state, touched only by builds (one at a time: the source
 	// publishes from one goroutine, and the startup build runs before it).
-	lastAccepted []model.Policy
-	logged       map[string]string // status key -> last logged status
+	builder *builder
+	logged  map[string]string // status key -> last logged status
 
 	mu       sync.Mutex // guards snapshot and mesh, read by the debug handlers
 	snapshot *model.Snapshot
@@ -151,6 +150,7 @@ func New(cfg Config) (_ *ControlPlane, err error) {
 	cp.reg = prometheus.NewRegistry()
 	cp.metrics = newMetrics(cp.reg)
 	cp.cache = cache.New(cfg.Log.With("component", "xds-cache"))
+	cp.builder = &builder{cache: cp.cache, meshNS: cfg.MeshNamespace, opts: cfg.Translate}
 	cp.xds = server.New(cp.cache, cp.reg, cfg.Log.With("component", "xds-server"))
 	cp.source = cfg.Source
 	if cp.source == nil {
@@ -202,7 +202,7 @@ func (cp *ControlPlane) servePersisted() error {
 	if err != nil {
 		return err
 	}
-	cp.lastAccepted = accepted
+	cp.builder.lastAccepted = accepted
 	snap, ok, err := cp.store.LoadConfig()
 	if err != nil {
 		return err
@@ -329,25 +329,20 @@ func (cp *ControlPlane) closeListeners() {
 // the persisted config, which is already stored.
 func (cp *ControlPlane) build(snap *model.Snapshot, persist bool) {
 	start := time.Now()
-	mesh := policy.Resolve(snap, policy.Options{MeshNamespace: cp.cfg.MeshNamespace, LastAccepted: cp.lastAccepted})
-	cp.logStatuses(mesh.Statuses, mesh.RouteStatuses)
-	var changed, removed int
-	for _, kind := range node.Kinds {
-		stats, err := cp.cache.Update(kind, translate.Translate(mesh, kind, cp.cfg.Translate))
-		if err != nil {
-			// Kinds updated before this one keep the new config: each kind's
-			// cache is consistent on its own.
-			cp.metrics.builds.WithLabelValues("error").Inc()
-			cp.log.Error("build refused by the xds cache; the last good config stays served",
-				"kind", kind, "error", err)
-			return
-		}
-		changed, removed = changed+stats.Changed, removed+stats.Removed
+	res, err := cp.builder.build(snap)
+	if err != nil {
+		cp.metrics.builds.WithLabelValues("error").Inc()
+		cp.log.Error("build refused by the xds cache; the last good config stays served", "error", err)
+		return
 	}
+	mesh := res.mesh
+	if !res.fast {
+		cp.logStatuses(mesh.Statuses, mesh.RouteStatuses)
+	}
+	changed, removed := res.stats.Changed, res.stats.Removed
 	elapsed := time.Since(start)
 	cp.metrics.buildSeconds.Observe(elapsed.Seconds())
 	cp.metrics.builds.WithLabelValues("success").Inc()
-	cp.lastAccepted = mesh.Accepted
 	cp.mu.Lock()
 	cp.snapshot, cp.mesh = snap, mesh
 	cp.mu.Unlock()
@@ -355,7 +350,7 @@ func (cp *ControlPlane) build(snap *model.Snapshot, persist bool) {
 		cp.log.Info("ready: the first complete config is in the xds cache")
 	}
 	cp.log.Info("config built", "services", len(snap.Services), "endpointSlices", len(snap.EndpointSlices),
-		"policies", len(snap.Policies), "changed", changed, "removed", removed, "duration", elapsed)
+		"policies", len(snap.Policies), "changed", changed, "removed", removed, "endpointsOnly", res.fast, "duration", elapsed)
 	if !persist {
 		return
 	}

@@ -56,6 +56,8 @@ func Translate(m *policy.Mesh, kind node.Kind, opts Options) *Resources {
 			r.Listeners = append(r.Listeners, grpcListener(sp))
 			r.Routes = append(r.Routes, grpcRouteConfiguration(sp))
 		}
+	}
+	if HasServerListeners(kind) {
 		r.Listeners = append(r.Listeners, grpcServerListeners(m, opts)...)
 	}
 	sortByName(r.Clusters)
@@ -64,6 +66,11 @@ func Translate(m *policy.Mesh, kind node.Kind, opts Options) *Resources {
 	sortByName(r.Routes)
 	return r
 }
+
+// HasServerListeners says whether proxies of kind are served the
+// listeners of xDS-enabled gRPC servers (see ServerListeners), which depend
+// on endpoints: only proxyless gRPC.
+func HasServerListeners(kind node.Kind) bool { return kind == node.GRPC }
 
 // PortCluster is the cluster Translate builds for port of svc for kind.
 // With opts.MTLS it depends on the port's endpoints (the identities a

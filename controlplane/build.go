@@ -1,0 +1,252 @@
+package controlplane
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+
+	"github.com/fjordmesh/fjord/policy"
+	"github.com/fjordmesh/fjord/watcher/model"
+	"github.com/fjordmesh/fjord/xds/cache"
+	"github.com/fjordmesh/fjord/xds/node"
+	"github.com/fjordmesh/fjord/xds/translate"
+)
+
+// builder turns snapshots into what the xDS cache serves. Most changes in a
+// running mesh are endpoint changes (pods starting, stopping, turning
+// ready), and a full build costs resolution, translation and marshalling of
+// the whole mesh for every proxy kind. So when a snapshot differs from the
+// last one built only in its EndpointSlices, the builder takes the endpoint
+// fast path: it recomputes the endpoints of the Services those slices
+// belong to, rebuilds only the resources that depend on them, and patches
+// the cache. Every other change takes the full path. Both paths leave the
+// cache holding exactly what a full build of the snapshot would.
+//
+// A builder is used by one goroutine at a time.
+type builder struct {
+	cache  *cache.Cache
+	meshNS string
+	opts   translate.Options
+	// lastAccepted is passed to Resolve; see policy.Options.LastAccepted.
+	lastAccepted []model.Policy
+
+	// snap and mesh are the last snapshot built and its mesh, nil when the
+	// next build must take the full path (none yet, or the last one failed
+	// part way, leaving the cache's kinds at different snapshots).
+	snap *model.Snapshot
+	mesh *policy.Mesh
+	// servers counts, per server listener name, the entries of
+	// translate.ServerAddresses over every port of mesh that call for it;
+	// nil until the first fast build computes it.
+	servers map[string]int
+}
+
+// buildResult is what one build did.
+type buildResult struct {
+	mesh  *policy.Mesh
+	stats cache.Stats
+	// fast says the endpoint fast path built it.
+	fast bool
+}
+
+// build serves snap: the fast path if only endpoints changed since the last
+// build, the full path otherwise. On error the cache may hold the new
+// config for some kinds and the old one for others (each kind is
+// consistent on its own), and the next build takes the full path.
+func (b *builder) build(snap *model.Snapshot) (buildResult, error) {
+	if b.snap != nil && endpointsOnly(b.snap, snap) {
+		res, err := b.fastBuild(snap)
+		if err != nil {
+			b.reset()
+			return buildResult{}, err
+		}
+		return res, nil
+	}
+	mesh := policy.Resolve(snap, policy.Options{MeshNamespace: b.meshNS, LastAccepted: b.lastAccepted})
+	var stats cache.Stats
+	for _, kind := range node.Kinds {
+		st, err := b.cache.Update(kind, translate.Translate(mesh, kind, b.opts))
+		if err != nil {
+			b.reset()
+			return buildResult{}, fmt.Errorf("kind %s: %w", kind, err)
+		}
+		stats.Changed, stats.Removed = stats.Changed+st.Changed, stats.Removed+st.Removed
+	}
+	b.lastAccepted = mesh.Accepted
+	b.snap, b.mesh, b.servers = snap, mesh, nil
+	return buildResult{mesh: mesh, stats: stats}, nil
+}
+
+func (b *builder) reset() { b.snap, b.mesh, b.servers = nil, nil, nil }
+
+// endpointsOnly reports whether next differs from prev in its
+// EndpointSlices alone. Resolution of everything but the ports' endpoints
+// (policies, routes, statuses, accepted policies) reads only Services,
+// Policies and Routes, so with those equal it gives what it gave for prev.
+func endpointsOnly(prev, next *model.Snapshot) bool {
+	return reflect.DeepEqual(prev.Services, next.Services) &&
+		reflect.DeepEqual(prev.Policies, next.Policies) &&
+		reflect.DeepEqual(prev.Routes, next.Routes)
+}
+
+// fastBuild serves snap, which differs from b.snap only in its
+// EndpointSlices.
+func (b *builder) fastBuild(snap *model.Snapshot) (buildResult, error) {
+	affected := changedServices(b.snap.EndpointSlices, snap.EndpointSlices)
+	mesh, ports := withEndpoints(b.mesh, snap.EndpointSlices, affected)
+	if b.servers == nil {
+		b.servers = serverCounts(b.mesh)
+	}
+	upsertServers, removeServers := b.serverChanges(ports)
+
+	var stats cache.Stats
+	for _, kind := range node.Kinds {
+		up := &translate.Resources{}
+		var remove cache.Names
+		for _, p := range ports {
+			up.Clusters = append(up.Clusters, translate.PortCluster(kind, p.svc, p.next, b.opts))
+			up.Endpoints = append(up.Endpoints, translate.PortLoadAssignment(p.svc, p.next))
+		}
+		if translate.HasServerListeners(kind) {
+			up.Listeners = translate.ServerListeners(upsertServers, b.opts)
+			remove.Listeners = removeServers
+		}
+		st, err := b.cache.Patch(kind, up, remove)
+		if err != nil {
+			return buildResult{}, fmt.Errorf("kind %s: %w", kind, err)
+		}
+		stats.Changed, stats.Removed = stats.Changed+st.Changed, stats.Removed+st.Removed
+	}
+	b.snap, b.mesh = snap, mesh
+	return buildResult{mesh: mesh, stats: stats, fast: true}, nil
+}
+
+// changedServices are the Services whose endpoints can differ between two
+// lists of EndpointSlices: the owners, before and after, of every slice
+// added, removed or changed.
+func changedServices(prev, next []model.EndpointSlice) map[model.Key]bool {
+	before := make(map[model.Key]*model.EndpointSlice, len(prev))
+	for i := range prev {
+		before[prev[i].Key] = &prev[i]
+	}
+	out := map[model.Key]bool{}
+	owner := func(s *model.EndpointSlice) model.Key { return model.Key{Namespace: s.Namespace, Name: s.Service} }
+	for i := range next {
+		s := &next[i]
+		old, ok := before[s.Key]
+		delete(before, s.Key)
+		if ok && sameSlice(old, s) {
+			continue
+		}
+		out[owner(s)] = true
+		if ok {
+			out[owner(old)] = true
+		}
+	}
+	for _, old := range before {
+		out[owner(old)] = true
+	}
+	return out
+}
+
+// sameSlice compares two EndpointSlices field by field; every field of
+// model.EndpointSlice, EndpointPort and Endpoint is compared (a test keeps
+// this true as the model grows).
+func sameSlice(a, b *model.EndpointSlice) bool {
+	return a.Key == b.Key && a.Service == b.Service &&
+		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Endpoints, b.Endpoints)
+}
+
+// changedPort is one port of a Service whose endpoints were recomputed.
+type changedPort struct {
+	svc        *policy.Service // in the new mesh
+	prev, next *policy.Port
+}
+
+// withEndpoints returns a copy of mesh whose affected Services have their
+// ports' endpoints resolved anew from eps, as policy.Resolve would,
+// sharing everything else with mesh (which is not modified), and the ports
+// it recomputed.
+func withEndpoints(mesh *policy.Mesh, eps []model.EndpointSlice, affected map[model.Key]bool) (*policy.Mesh, []changedPort) {
+	var owned []model.EndpointSlice
+	for i := range eps {
+		if affected[model.Key{Namespace: eps[i].Namespace, Name: eps[i].Service}] {
+			owned = append(owned, eps[i])
+		}
+	}
+	idx := policy.NewEndpointIndex(owned)
+	next := *mesh
+	next.Services = slices.Clone(mesh.Services)
+	var ports []changedPort
+	for i := range next.Services {
+		s := &next.Services[i]
+		if !affected[s.Key] {
+			continue
+		}
+		s.Ports = slices.Clone(s.Ports)
+		for j := range s.Ports {
+			p := &s.Ports[j]
+			p.Endpoints = idx.Endpoints(s.Key, p.Name)
+			ports = append(ports, changedPort{svc: s, prev: &mesh.Services[i].Ports[j], next: p})
+		}
+	}
+	return &next, ports
+}
+
+// serverCounts counts the server listener names the ports of mesh call for.
+func serverCounts(mesh *policy.Mesh) map[string]int {
+	counts := map[string]int{}
+	var addrs []translate.ServerAddress
+	for i := range mesh.Services {
+		for j := range mesh.Services[i].Ports {
+			addrs = translate.ServerAddresses(addrs[:0], mesh.Services[i].Ports[j].Endpoints)
+			for _, a := range addrs {
+				counts[a.Name()]++
+			}
+		}
+	}
+	return counts
+}
+
+// serverChanges updates b.servers for the recomputed ports and returns the
+// server listeners that appear (no port called for them before) and the
+// names of those that disappear (no port calls for them any more). Several
+// Services can share an address and port, so a listener stays as long as
+// any port calls for it.
+func (b *builder) serverChanges(ports []changedPort) (appear []translate.ServerAddress, gone []string) {
+	delta := map[string]int{}
+	addrOf := map[string]translate.ServerAddress{}
+	var addrs []translate.ServerAddress
+	for _, p := range ports {
+		addrs = translate.ServerAddresses(addrs[:0], p.prev.Endpoints)
+		for _, a := range addrs {
+			delta[a.Name()]--
+		}
+		addrs = translate.ServerAddresses(addrs[:0], p.next.Endpoints)
+		for _, a := range addrs {
+			name := a.Name()
+			delta[name]++
+			addrOf[name] = a
+		}
+	}
+	for name, d := range delta {
+		if d == 0 {
+			continue
+		}
+		before := b.servers[name]
+		after := before + d
+		switch {
+		case before == 0 && after > 0:
+			appear = append(appear, addrOf[name])
+		case before > 0 && after == 0:
+			gone = append(gone, name)
+		}
+		if after == 0 {
+			delete(b.servers, name)
+		} else {
+			b.servers[name] = after
+		}
+	}
+	slices.Sort(gone)
+	return appear, gone
+}
