@@ -498,3 +498,75 @@ func TestEndpointChangeWakesOnlyItsWatches(t *testing.T) {
 		t.Errorf("stats = %+v, want %+v (the load assignment of a for both kinds, one server listener)", res.stats, want)
 	}
 }
+
+// benchSnapshot is a mesh of services Services of one gRPC port (five port
+// numbers in all) with 10 ready endpoints each, in 20 namespaces, under a
+// mesh-wide default policy and a per-namespace one.
+func benchSnapshot(b *testing.B, services int) *model.Snapshot {
+	s := &model.Snapshot{}
+	portNumbers := []int32{80, 3000, 8080, 9090, 50051}
+	for i := range services {
+		key := model.Key{Namespace: fmt.Sprintf("ns-%d", i%20), Name: fmt.Sprintf("svc-%d", i)}
+		s.Services = append(s.Services, model.Service{Key: key, Ports: []model.ServicePort{{Name: "grpc", Port: portNumbers[i%len(portNumbers)], AppProtocol: "grpc"}}})
+		slice := model.EndpointSlice{Key: model.Key{Namespace: key.Namespace, Name: key.Name + "-abcde"}, Service: key.Name, Ports: []model.EndpointPort{{Name: "grpc", Port: 9090}}}
+		for j := range 10 {
+			slice.Endpoints = append(slice.Endpoints, model.Endpoint{
+				Address: fmt.Sprintf("10.%d.%d.%d", i/250, i%250, j+1), Ready: true,
+				Zone: fmt.Sprintf("zone-%d", j%3), Workload: fmt.Sprintf("%s-%d", key.Name, j), ServiceAccount: key.Name,
+			})
+		}
+		s.EndpointSlices = append(s.EndpointSlices, slice)
+	}
+	five, attempts := int32(5), int32(2)
+	interval := fjordv1a1.Duration("10s")
+	for i, ns := range []string{"fjord-system", "ns-1", "ns-2"} {
+		s.Policies = append(s.Policies, model.Policy{
+			Key:               model.Key{Namespace: ns, Name: "default"},
+			Generation:        1,
+			CreationTimestamp: time.Date(2026, 1, 1+i, 0, 0, 0, 0, time.UTC),
+			Spec: fjordv1a1.ResiliencePolicySpec{
+				OutlierDetection: &fjordv1a1.OutlierDetection{Consecutive5xxErrors: &five, Interval: &interval},
+				Retry:            &fjordv1a1.Retry{Attempts: &attempts},
+			},
+		})
+	}
+	s.Sort()
+	return s
+}
+
+// BenchmarkEndpointFlip builds one endpoint's readiness flip at 1,000
+// Services × 10 endpoints, alternating between two snapshots that differ
+// in that one endpoint, as the source publishes them (separately built
+// values): through the full path (resolution, translation and a cache
+// update of everything, per kind) and through the endpoint fast path.
+func BenchmarkEndpointFlip(b *testing.B) {
+	for _, mtls := range []bool{false, true} {
+		on := benchSnapshot(b, 1000)
+		off := benchSnapshot(b, 1000)
+		off.EndpointSlices[500].Endpoints[3].Ready = false
+		for _, path := range []string{"full", "fast"} {
+			b.Run(fmt.Sprintf("%s/mtls=%v", path, mtls), func(b *testing.B) {
+				bl := newBuilder(translate.Options{MTLS: mtls})
+				if _, err := bl.build(on); err != nil {
+					b.Fatal(err)
+				}
+				snaps := [2]*model.Snapshot{off, on}
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if path == "full" {
+						bl.reset()
+					}
+					res, err := bl.build(snaps[i%2])
+					if err != nil {
+						b.Fatal(err)
+					}
+					if res.fast != (path == "fast") || res.stats.Changed == 0 {
+						b.Fatalf("build took fast path %v and changed %d resources", res.fast, res.stats.Changed)
+					}
+					i++
+				}
+			})
+		}
+	}
+}
