@@ -3,5 +3,7 @@
 // hash of its bytes. It implements go-control-plane's cache.Cache so the
 // server can answer state-of-the-world and delta streams from it, and it
 // wakes only the watches whose resources actually changed, so identical
-// translator output never reaches a proxy.
+// translator output never reaches a proxy. Update replaces a kind's whole
+// set; Patch changes a few resources of it (the endpoint fast path), with
+// the same validation, versions and wake-ups.
 package cache
