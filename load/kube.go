@@ -47,6 +47,8 @@ func StartKube(assets, crdDir, dir string) (_ *Kube, err error) {
 		ControlPlaneStartTimeout: 2 * time.Minute,
 		ControlPlaneStopTimeout:  time.Minute,
 	}}
+	// envtest's default Service range is a /24: room for 254 Services.
+	k.env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/12")
 	cfg, err := k.env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("starting kube-apiserver and etcd from %s: %w", assets, errors.Join(err, k.env.Stop()))

@@ -27,7 +27,8 @@ func AllScenarios(flips, policies int, churnRate, churnSeconds float64) []Scenar
 //   - smoke: seconds; 20 proxies × 20 Services, every scenario once or twice.
 //   - reduced: under five minutes on two cores; 200 proxies × 200 Services
 //     × 10 endpoints with every scenario, the same flips with the
-//     debounce at 1 ms, and flips at 1,000 Services.
+//     debounce at 1 ms, flips and a restart at 1,000 Services, and flips
+//     at the target size, 1,000 proxies × 1,000 Services.
 //   - full: the targets; 1,000 proxies × 1,000 Services × 10
 //     endpoints with every scenario, the same fleet all Envoy-like delta
 //     (the sidecar benchmark), flips without debounce, memory at 100 and
@@ -62,6 +63,10 @@ func Matrix(name string) ([]RunSpec, error) {
 			{
 				Name: "reduced-200x1000", Mesh: mesh(1000, 10), Fleet: mixed(200), RampSteps: 2,
 				Scenarios: []ScenarioSpec{{Kind: Flip, Changes: 10}, {Kind: Restart}}, SettleSeconds: 0.5,
+			},
+			{
+				Name: "reduced-1000x1000", Mesh: mesh(1000, 10), Fleet: mixed(1000), RampSteps: 1,
+				Scenarios: []ScenarioSpec{{Kind: Flip, Changes: 10}}, SettleSeconds: 0.5,
 			},
 		}, nil
 	case "full":

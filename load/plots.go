@@ -8,9 +8,9 @@ import (
 )
 
 // WritePlots writes the report's charts into dir as SVG and returns their
-// paths: per run, the latency distribution of every scenario and p50/p99 by
-// scenario; over all runs, memory against connected proxies and, when runs
-// differ in size, against Services.
+// paths: per run, the latency distribution of every scenario, p50/p99 by
+// scenario and memory against connected proxies; per mode (standalone,
+// Kubernetes), memory against Services when runs differ in size.
 func WritePlots(dir string, rep *Report) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -55,30 +55,65 @@ func WritePlots(dir string, rep *Report) ([]string, error) {
 		}
 	}
 
-	mem := LineChart{Title: "Control-plane memory against connected proxies", XLabel: "connected proxies", YLabel: "MB", Points: true}
-	for _, run := range rep.Runs {
-		if len(run.Ramp) < 2 {
-			continue
+	for _, kube := range []bool{false, true} {
+		var runs []RunResult
+		for _, run := range rep.Runs {
+			if run.Kubernetes == kube {
+				runs = append(runs, run)
+			}
 		}
-		rss := Series{Name: run.Spec.Name + " RSS"}
-		heap := Series{Name: run.Spec.Name + " heap"}
+		prefix, mode := "", "standalone"
+		if kube {
+			prefix, mode = "kube-", "Kubernetes mode"
+		}
+		if err := writeMemoryPlots(runs, prefix, mode, write); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// writeMemoryPlots charts memory against connected proxies for every run
+// that connected them in steps, and against Services when the runs differ
+// in size.
+func writeMemoryPlots(runs []RunResult, prefix, mode string, write func(name, svg string) error) error {
+	for _, run := range runs {
+		if len(run.Ramp) < 3 {
+			continue // a line needs a ramp of a few steps
+		}
+		gc := ""
+		if run.Ramp[len(run.Ramp)-1].GCForced {
+			gc = " after a forced GC"
+		}
+		mem := LineChart{
+			Title:  fmt.Sprintf("%s: control-plane memory against connected proxies", run.Spec.Name),
+			XLabel: "connected proxies", YLabel: "MB", Points: true,
+		}
+		rss := Series{Name: "resident (RSS)"}
+		heap := Series{Name: "Go heap in use" + gc}
 		for _, st := range run.Ramp {
 			rss.X, rss.Y = append(rss.X, float64(st.Proxies)), append(rss.Y, st.Sample.RSSBytes/(1<<20))
 			heap.X, heap.Y = append(heap.X, float64(st.Proxies)), append(heap.Y, st.Sample.HeapInuseBytes/(1<<20))
 		}
-		mem.Series = append(mem.Series, rss, heap)
-	}
-	if len(mem.Series) > 0 {
-		if err := write("memory-proxies.svg", mem.SVG()); err != nil {
-			return out, err
+		mem.Series = []Series{rss, heap}
+		if err := write(run.Spec.Name+"-memory.svg", mem.SVG()); err != nil {
+			return err
 		}
 	}
 
 	// Memory against Services: the idle control plane (no proxy) of every
-	// run, and per proxy count the fully connected one.
+	// run, and the fully connected one per fleet, as Go heap in use (after
+	// a forced collection when the control plane serves pprof: resident
+	// memory also holds what the last burst freed). The first run of a
+	// fleet at a size stands for the others.
 	bySize := map[string]*Series{}
 	var keys []string
+	seen := map[string]bool{}
 	add := func(key string, x, y float64) {
+		if seen[fmt.Sprint(key, x)] {
+			return
+		}
+		seen[fmt.Sprint(key, x)] = true
 		s := bySize[key]
 		if s == nil {
 			s = &Series{Name: key}
@@ -88,37 +123,38 @@ func WritePlots(dir string, rep *Report) ([]string, error) {
 		s.X, s.Y = append(s.X, x), append(s.Y, y/(1<<20))
 	}
 	services := map[int]bool{}
-	for _, run := range rep.Runs {
+	for _, run := range runs {
 		if len(run.Ramp) == 0 {
 			continue
 		}
 		m := float64(run.Spec.Mesh.Services)
 		services[run.Spec.Mesh.Services] = true
-		add("RSS, no proxy", m, run.Ramp[0].Sample.RSSBytes)
+		add("no proxy", m, run.Ramp[0].Sample.HeapInuseBytes)
 		last := run.Ramp[len(run.Ramp)-1]
 		if last.Proxies > 0 {
-			add(fmt.Sprintf("RSS, %d proxies", last.Proxies), m, last.Sample.RSSBytes)
+			add(fmt.Sprintf("%d proxies, %.0f%% Envoy-like, %.0f%% delta", last.Proxies,
+				100*run.Spec.Fleet.EnvoyFraction, 100*run.Spec.Fleet.DeltaFraction), m, last.Sample.HeapInuseBytes)
 		}
 	}
-	if len(services) >= 2 {
-		chart := LineChart{Title: "Control-plane memory against Services", XLabel: "Services (× endpoints each as in the run)", YLabel: "MB", Points: true}
-		for _, k := range keys {
-			s := bySize[k]
-			idx := make([]int, len(s.X))
-			for i := range idx {
-				idx[i] = i
-			}
-			slices.SortFunc(idx, func(a, b int) int { return int(s.X[a] - s.X[b]) })
-			var sorted Series
-			sorted.Name = s.Name
-			for _, i := range idx {
-				sorted.X, sorted.Y = append(sorted.X, s.X[i]), append(sorted.Y, s.Y[i])
-			}
-			chart.Series = append(chart.Series, sorted)
-		}
-		if err := write("memory-services.svg", chart.SVG()); err != nil {
-			return out, err
-		}
+	if len(services) < 2 {
+		return nil
 	}
-	return out, nil
+	chart := LineChart{
+		Title:  "Control-plane heap in use against Services (" + mode + ")",
+		XLabel: "Services (10 endpoints each)", YLabel: "MB", Points: true,
+	}
+	for _, k := range keys {
+		s := bySize[k]
+		idx := make([]int, len(s.X))
+		for i := range idx {
+			idx[i] = i
+		}
+		slices.SortFunc(idx, func(a, b int) int { return int(s.X[a] - s.X[b]) })
+		sorted := Series{Name: s.Name}
+		for _, i := range idx {
+			sorted.X, sorted.Y = append(sorted.X, s.X[i]), append(sorted.Y, s.Y[i])
+		}
+		chart.Series = append(chart.Series, sorted)
+	}
+	return write(prefix+"memory-services.svg", chart.SVG())
 }
