@@ -292,6 +292,7 @@ func TestStandaloneServesAndSurvivesBrokenFiles(t *testing.T) {
 		"/debug/mesh":   `"request": "10s"`,
 		"/debug/status": `"name": "mesh-default"`,
 		"/healthz":      "ok",
+		"/debug/pprof/": "goroutine",
 	} {
 		if code, body := get(t, r.url(path)); code != http.StatusOK || !strings.Contains(body, want) {
 			t.Errorf("GET %s = %d, want 200 with %q:\n%s", path, code, want, body)

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -20,6 +21,8 @@ import (
 //	                {"policies": [...], "routes": [...]}
 //	/debug/mesh     the resolved mesh (effective policy per port and where
 //	                each field came from), as JSON
+//	/debug/pprof/   Go profiles (go tool pprof http://ADDR/debug/pprof/profile);
+//	                the monitoring address is loopback unless set otherwise
 func (cp *ControlPlane) monitoringHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -52,6 +55,11 @@ func (cp *ControlPlane) monitoringHandler() http.Handler {
 		_, mesh := cp.state()
 		writeJSON(w, mesh, mesh != nil)
 	})
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }
 
