@@ -11,6 +11,7 @@ GOTEST_FLAGS ?= -race -count=1 -timeout 30m
 include make/envtest.mk
 include make/rbac.mk
 include make/certs.mk
+include make/bench.mk
 
 .DEFAULT_GOAL := help
 
@@ -50,8 +51,11 @@ netns-tools: ## Check for unshare and ip; install iproute2 with apt-get when mis
 		else echo "netns-tools: ip not found: install iproute2 (as root: apt-get install -y iproute2)" >&2; exit 1; fi; }
 
 .PHONY: bench
-bench: ## Benchmarks (translation, cache) with medians over 5 runs.
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./xds/... ./policy/...
+bench: bench-load ## Load harness, reduced matrix (under 5 minutes): convergence, pushes, bytes, CPU and memory table.
+
+.PHONY: bench-micro
+bench-micro: ## Go benchmarks (resolution, translation, cache, fast path, leaf issuance), 5 runs each for medians.
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./policy/... ./xds/... ./controlplane/... ./certs/...
 
 .PHONY: lint
 lint: ## go vet and gofmt.
