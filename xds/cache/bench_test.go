@@ -124,9 +124,11 @@ func (p deltaProxy) drain() bool {
 //   - grpc: state-of-the-world, each proxy watching the load assignments of
 //     10 services (a proxyless client's handful of dependencies);
 //   - envoy: delta, each proxy watching all 1,000 load assignments by name
-//     (a sidecar without scoping).
+//     (a sidecar without scoping);
+//   - envoy-sotw: state-of-the-world, each proxy watching all 1,000 load
+//     assignments by name, so every push and every ACK selects a large set.
 func BenchmarkUpdateOneEndpoint(b *testing.B) {
-	for _, mode := range []string{"grpc-sotw", "envoy-delta"} {
+	for _, mode := range []string{"grpc-sotw", "envoy-delta", "envoy-sotw"} {
 		for _, n := range []int{100, 1000} {
 			b.Run(fmt.Sprintf("%s/proxies=%d", mode, n), func(b *testing.B) {
 				base := mesh(b)
@@ -139,6 +141,17 @@ func BenchmarkUpdateOneEndpoint(b *testing.B) {
 						var names []string
 						for k := range 10 {
 							names = append(names, svcName((i*10+k)%benchServices))
+						}
+						s.request(names, "")
+						s.ack(s.receive())
+						clients[i] = sotwProxy{s}
+						continue
+					}
+					if mode == "envoy-sotw" {
+						s := newSotwClient(b, c, node.GRPC, resourcev3.EndpointType, false)
+						var names []string
+						for k := range benchServices {
+							names = append(names, svcName(k))
 						}
 						s.request(names, "")
 						s.ack(s.receive())

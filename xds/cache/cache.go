@@ -86,15 +86,21 @@ type entry struct {
 	res     *discoveryv3.Resource // delta form
 }
 
-// typeSnapshot is every resource of one type for one proxy kind. It is
-// immutable: Update replaces it as a whole, so a response built from it stays
-// consistent without holding a lock.
+// typeSnapshot is every resource of one type for one proxy kind. Its content
+// is immutable: Update replaces it as a whole, so a response built from it
+// stays consistent without holding a lock. Only the selection memo grows.
 type typeSnapshot struct {
 	byName  map[string]*entry
-	sorted  []*entry     // by name
-	version string       // hash over all (name, version) pairs
-	gen     string       // unique per snapshot of the cache, see deltaRespond
-	anys    []*anypb.Any // sorted's payloads, shared by wildcard responses
+	sorted  []*entry   // by name
+	version string     // hash over all (name, version) pairs
+	gen     string     // unique per snapshot of the cache, see deltaRespond
+	all     *selection // the whole set, shared by wildcard responses
+
+	// selections memoises state-of-the-world selections by a fingerprint of
+	// the subscribed names; memoised counts the names it holds. Both are
+	// guarded by Cache.mu (see selectLocked).
+	selections map[uint64][]*selection
+	memoised   int
 }
 
 var emptySnapshot = newTypeSnapshot(nil, "0")
@@ -105,12 +111,13 @@ func newTypeSnapshot(sorted []*entry, gen string) *typeSnapshot {
 		sorted:  sorted,
 		version: setVersion(sorted),
 		gen:     gen,
-		anys:    make([]*anypb.Any, len(sorted)),
 	}
+	anys := make([]*anypb.Any, len(sorted))
 	for i, e := range sorted {
 		ts.byName[e.name] = e
-		ts.anys[i] = e.any
+		anys[i] = e.any
 	}
+	ts.all = &selection{entries: sorted, payloads: anys, version: ts.version}
 	return ts
 }
 

@@ -3,6 +3,8 @@ package cache
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -66,27 +68,105 @@ func (c *Cache) Fetch(_ context.Context, req *cachev3.Request) (cachev3.Response
 		}
 		names[n] = struct{}{}
 	}
-	entries, version := sotwSelect(ts, wildcard, names)
-	if req.GetVersionInfo() == version {
+	sel := sotwSelect(ts, wildcard, names)
+	if req.GetVersionInfo() == sel.version {
 		return nil, &types.SkipFetchError{}
 	}
-	return newSotwResponse(req, ts, entries, version, wildcard), nil
+	return newSotwResponse(req, sel), nil
 }
+
+// selection is what a state-of-the-world response for one set of names
+// carries from one snapshot: the entries sorted by name, their payloads and
+// their set version. It is read-only once built, so every watch subscribing
+// to the same names shares it.
+type selection struct {
+	names    map[string]struct{} // the subscribed names, when memoised
+	entries  []*entry
+	payloads []*anypb.Any
+	version  string
+}
+
+// maxMemoised bounds the names a snapshot's memo holds in total, so clients
+// with many distinct subscriptions cost memory only up to it; beyond it
+// selections are computed per watch, with the same result.
+const maxMemoised = 1 << 18
+
+// nameSeed keys the fingerprints of name sets within this process.
+var nameSeed = maphash.MakeSeed()
 
 // sotwSelect picks the resources a state-of-the-world response carries and
 // their set version.
-func sotwSelect(ts *typeSnapshot, wildcard bool, names map[string]struct{}) ([]*entry, string) {
+func sotwSelect(ts *typeSnapshot, wildcard bool, names map[string]struct{}) *selection {
 	if wildcard {
-		return ts.sorted, ts.version
+		return ts.all
 	}
-	entries := make([]*entry, 0, len(names))
+	entries := make([]*entry, 0, min(len(names), len(ts.sorted)))
+	if len(names) >= len(ts.sorted)/4 {
+		// Walking the sorted set is cheaper than sorting a large pick.
+		for _, e := range ts.sorted {
+			if _, ok := names[e.name]; ok {
+				entries = append(entries, e)
+			}
+		}
+	} else {
+		for n := range names {
+			if e := ts.byName[n]; e != nil {
+				entries = append(entries, e)
+			}
+		}
+		slices.SortFunc(entries, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	}
+	payloads := make([]*anypb.Any, len(entries))
+	for i, e := range entries {
+		payloads[i] = e.any
+	}
+	return &selection{entries: entries, payloads: payloads, version: setVersion(entries)}
+}
+
+// selectLocked is sotwSelect memoised per snapshot and set of names. Every
+// Update wakes the watches on a changed name, and each then ACKs with a new
+// watch against the same snapshot; with a memo, the sort and hash over a
+// large subscription (an Envoy's 1,000 load assignments) happen once per
+// snapshot and distinct set instead of twice per watch. Snapshots are
+// replaced, never changed, so a memoised selection cannot go stale. c.mu
+// must be held: it guards the memo.
+func (ts *typeSnapshot) selectLocked(wildcard bool, names map[string]struct{}) *selection {
+	if wildcard || len(names) == 0 || len(ts.sorted) == 0 {
+		// Nothing to save, and the shared empty snapshot stays unwritten.
+		return sotwSelect(ts, wildcard, names)
+	}
+	var key uint64
 	for n := range names {
-		if e := ts.byName[n]; e != nil {
-			entries = append(entries, e)
+		// A sum, so the fingerprint ignores the map's iteration order.
+		key += maphash.String(nameSeed, n)
+	}
+	for _, sel := range ts.selections[key] {
+		if sameNames(sel.names, names) {
+			return sel
 		}
 	}
-	slices.SortFunc(entries, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
-	return entries, setVersion(entries)
+	sel := sotwSelect(ts, false, names)
+	if ts.memoised+len(names) <= maxMemoised {
+		sel.names = maps.Clone(names)
+		if ts.selections == nil {
+			ts.selections = map[uint64][]*selection{}
+		}
+		ts.selections[key] = append(ts.selections[key], sel)
+		ts.memoised += len(names)
+	}
+	return sel
+}
+
+func sameNames(a, b map[string]struct{}) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for n := range b {
+		if _, ok := a[n]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // sotwRespond decides whether a state-of-the-world watch gets a response now.
@@ -99,16 +179,18 @@ func sotwSelect(ts *typeSnapshot, wildcard bool, names map[string]struct{}) ([]*
 //     NACK: the client keeps its last good config and asks again with the old
 //     version, and sending the rejected content again would only be rejected
 //     again, in a loop, until the content changes.
+//
+// c.mu must be held.
 func sotwRespond(ts *typeSnapshot, req *cachev3.Request, sub cachev3.Subscription) cachev3.Response {
-	entries, version := sotwSelect(ts, sub.IsWildcard(), sub.SubscribedResources())
-	if req.GetErrorDetail() == nil && req.GetVersionInfo() == version {
+	sel := ts.selectLocked(sub.IsWildcard(), sub.SubscribedResources())
+	if req.GetErrorDetail() == nil && req.GetVersionInfo() == sel.version {
 		return nil
 	}
 	known := sub.ReturnedResources()
-	if (len(known) > 0 || req.GetResponseNonce() != "") && sameVersions(known, entries) {
+	if (len(known) > 0 || req.GetResponseNonce() != "") && sameVersions(known, sel.entries) {
 		return nil
 	}
-	return newSotwResponse(req, ts, entries, version, sub.IsWildcard())
+	return newSotwResponse(req, sel)
 }
 
 func sameVersions(known map[string]string, entries []*entry) bool {
@@ -140,25 +222,16 @@ type sotwResponse struct {
 
 var _ cachev3.Response = (*sotwResponse)(nil)
 
-func newSotwResponse(req *cachev3.Request, ts *typeSnapshot, entries []*entry, version string, wildcard bool) *sotwResponse {
-	var payloads []*anypb.Any
-	if wildcard {
-		// Read-only: shared by every wildcard response of this snapshot.
-		payloads = ts.anys
-	} else {
-		payloads = make([]*anypb.Any, len(entries))
-		for i, e := range entries {
-			payloads[i] = e.any
-		}
-	}
+func newSotwResponse(req *cachev3.Request, sel *selection) *sotwResponse {
 	return &sotwResponse{
 		req: req,
 		out: &discoveryv3.DiscoveryResponse{
-			VersionInfo: version,
-			Resources:   payloads,
-			TypeUrl:     req.GetTypeUrl(),
+			VersionInfo: sel.version,
+			// Read-only: shared by every response of this selection.
+			Resources: sel.payloads,
+			TypeUrl:   req.GetTypeUrl(),
 		},
-		entries: entries,
+		entries: sel.entries,
 	}
 }
 

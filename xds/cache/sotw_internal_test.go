@@ -1,0 +1,112 @@
+package cache
+
+import (
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func selectionSnapshot(n int) *typeSnapshot {
+	sorted := make([]*entry, n)
+	for i := range sorted {
+		name := fmt.Sprintf("r%03d", i)
+		sorted[i] = &entry{name: name, version: fmt.Sprintf("v%d", i)}
+	}
+	return newTypeSnapshot(sorted, "1")
+}
+
+func nameSet(names ...string) map[string]struct{} {
+	m := map[string]struct{}{}
+	for _, n := range names {
+		m[n] = struct{}{}
+	}
+	return m
+}
+
+func selectedNames(sel *selection) []string {
+	var out []string
+	for _, e := range sel.entries {
+		out = append(out, e.name)
+	}
+	return out
+}
+
+// Both ways of picking (walking the sorted set for large picks, sorting
+// small ones) give the resources named, in name order, and the set version
+// of exactly those.
+func TestSotwSelect(t *testing.T) {
+	ts := selectionSnapshot(40)
+	tests := map[string]struct {
+		names []string
+		want  []string
+	}{
+		"small pick":        {names: []string{"r030", "r001", "missing"}, want: []string{"r001", "r030"}},
+		"large pick":        {names: []string{"r039", "r020", "r000", "r021", "r022", "r023", "r024", "r025", "r026", "r027", "missing"}, want: []string{"r000", "r020", "r021", "r022", "r023", "r024", "r025", "r026", "r027", "r039"}},
+		"nothing exists":    {names: []string{"missing"}, want: nil},
+		"empty":             {names: nil, want: nil},
+		"every name":        {names: selectedNames(ts.all), want: selectedNames(ts.all)},
+		"every name, extra": {names: append(selectedNames(ts.all), "zzz"), want: selectedNames(ts.all)},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			sel := sotwSelect(ts, false, nameSet(tc.names...))
+			if diff := cmp.Diff(tc.want, selectedNames(sel)); diff != "" {
+				t.Errorf("selected (-want +got):\n%s", diff)
+			}
+			var want []*entry
+			for _, n := range tc.want {
+				want = append(want, ts.byName[n])
+			}
+			if got, wantVersion := sel.version, setVersion(want); got != wantVersion {
+				t.Errorf("version = %q, want %q", got, wantVersion)
+			}
+			if len(sel.payloads) != len(sel.entries) {
+				t.Fatalf("%d payloads for %d entries", len(sel.payloads), len(sel.entries))
+			}
+			for i, e := range sel.entries {
+				if sel.payloads[i] != e.any {
+					t.Errorf("payload %d is not %s's", i, e.name)
+				}
+			}
+		})
+	}
+}
+
+// The memo answers an equal set with the selection already built, whatever
+// map holds the names, and never answers a different set with it, even one
+// whose fingerprint it shares.
+func TestSelectLockedMemoises(t *testing.T) {
+	ts := selectionSnapshot(40)
+	first := ts.selectLocked(false, nameSet("r001", "r002", "r003"))
+	again := ts.selectLocked(false, nameSet("r003", "r001", "r002"))
+	if first != again {
+		t.Errorf("equal set of names built a second selection")
+	}
+	other := ts.selectLocked(false, nameSet("r001", "r002"))
+	if diff := cmp.Diff([]string{"r001", "r002"}, selectedNames(other)); diff != "" {
+		t.Errorf("smaller set (-want +got):\n%s", diff)
+	}
+
+	// A selection planted under the fingerprint of another set must not be
+	// returned for it.
+	wanted := nameSet("r010", "r011")
+	var key uint64
+	for n := range wanted {
+		key += maphash.String(nameSeed, n)
+	}
+	ts.selections[key] = append(ts.selections[key], &selection{names: nameSet("r030", "r031"), version: "planted"})
+	got := ts.selectLocked(false, wanted)
+	if got.version == "planted" || !slices.Equal(selectedNames(got), []string{"r010", "r011"}) {
+		t.Errorf("colliding fingerprint answered with %v (version %q)", selectedNames(got), got.version)
+	}
+
+	if ts.selectLocked(true, nil) != ts.all {
+		t.Errorf("wildcard selection is not the whole set")
+	}
+	if emptySnapshot.selectLocked(false, nameSet("a")); emptySnapshot.selections != nil {
+		t.Errorf("the shared empty snapshot was written")
+	}
+}
