@@ -211,8 +211,12 @@ func TestAuthenticatedXDS(t *testing.T) {
 		if err == nil {
 			_, err = s.Recv()
 		}
-		if status.Code(err) != codes.Unavailable {
-			t.Errorf("stream ended with %v, want the handshake to fail (Unavailable)", err)
+		// The server refuses the foreign certificate in the handshake. With
+		// TLS 1.3 the client may already count its side as done, so grpc-go
+		// reports the alert either as a failed connection (Unavailable) or as
+		// an authentication failure (Unauthenticated); both mean no config.
+		if c := status.Code(err); c != codes.Unavailable && c != codes.Unauthenticated {
+			t.Errorf("stream ended with %v, want the handshake to fail (Unavailable or Unauthenticated)", err)
 		}
 	})
 
