@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -10,8 +9,6 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-
-	"github.com/fjordmesh/fjord/xds/node"
 )
 
 // CreateDeltaWatch opens an incremental watch. The client is sent only the
@@ -20,23 +17,9 @@ import (
 // the removal of subscribed resources that no longer exist. After a NACK the
 // held versions are those just sent, so rejected content is not sent again.
 func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
-	info, err := node.FromNode(req.GetNode())
-	if err != nil {
-		return nil, fmt.Errorf("xds delta watch for %s: %w", req.GetTypeUrl(), err)
-	}
-	t, ok := typeOf(req.GetTypeUrl())
-	if !ok {
-		c.log.Debug("xds delta watch for a type that is not served; holding it", "node", req.GetNode().GetId(), "type", req.GetTypeUrl())
-		return func() {}, nil
-	}
-	w := &watch{t: t, deltaReq: req, deltaCh: ch, sub: sub}
-	c.mu.Lock()
-	cancel, p := c.watchLocked(c.kindLocked(info.Kind), w)
-	c.mu.Unlock()
-	if p != nil {
-		p.deliver()
-	}
-	return cancel, nil
+	return c.open(req.GetNode(), req.GetTypeUrl(), "xds delta watch", func(t typ) *watch {
+		return &watch{t: t, deltaReq: req, deltaCh: ch, sub: sub}
+	})
 }
 
 // genKey is the entry of a delta client's ReturnedResources map (which the

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -23,18 +24,26 @@ import (
 // whole type. A client that already holds the content, or has rejected
 // exactly this content, is not answered until it changes.
 func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
-	info, err := node.FromNode(req.GetNode())
+	return c.open(req.GetNode(), req.GetTypeUrl(), "xds watch", func(t typ) *watch {
+		return &watch{t: t, sotwReq: req, sotwCh: ch, sub: sub}
+	})
+}
+
+// open registers the watch newWatch makes for the node's proxy kind, and
+// answers it at once when it can. A watch for a type the cache does not
+// serve is held forever, so the proxy keeps its stream.
+func (c *Cache) open(n *corev3.Node, typeURL, what string, newWatch func(typ) *watch) (func(), error) {
+	info, err := node.FromNode(n)
 	if err != nil {
-		return nil, fmt.Errorf("xds watch for %s: %w", req.GetTypeUrl(), err)
+		return nil, fmt.Errorf("%s for %s: %w", what, typeURL, err)
 	}
-	t, ok := typeOf(req.GetTypeUrl())
+	t, ok := typeOf(typeURL)
 	if !ok {
-		c.log.Debug("xds watch for a type that is not served; holding it", "node", req.GetNode().GetId(), "type", req.GetTypeUrl())
+		c.log.Debug(what+" for a type that is not served; holding it", "node", n.GetId(), "type", typeURL)
 		return func() {}, nil
 	}
-	w := &watch{t: t, sotwReq: req, sotwCh: ch, sub: sub}
 	c.mu.Lock()
-	cancel, p := c.watchLocked(c.kindLocked(info.Kind), w)
+	cancel, p := c.watchLocked(c.kindLocked(info.Kind), newWatch(t))
 	c.mu.Unlock()
 	if p != nil {
 		p.deliver()
