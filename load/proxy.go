@@ -328,30 +328,7 @@ func (p *proxy) sotwSession(ctx context.Context, client discoveryv3.AggregatedDi
 		reqs = append(reqs, p.sotwRequest(t))
 	}
 	p.mu.Unlock()
-	for _, r := range reqs {
-		if err := stream.Send(r); err != nil {
-			return false, err
-		}
-	}
-	p.streamUp()
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return got, err
-		}
-		got = true
-		now := time.Now()
-		p.count(resp, now)
-		p.mu.Lock()
-		reqs, done := p.applySotw(resp, now)
-		p.mu.Unlock()
-		for _, r := range reqs {
-			if err := stream.Send(r); err != nil {
-				return got, err
-			}
-		}
-		p.fleet.tracker.converged(p, done, time.Now())
-	}
+	return exchange(p, stream.Send, stream.Recv, reqs, p.applySotw)
 }
 
 // streamUp marks a new stream whose initial requests are sent. Those
@@ -479,14 +456,24 @@ func (p *proxy) deltaSession(ctx context.Context, client discoveryv3.AggregatedD
 		reqs = append(reqs, p.withNode(r))
 	}
 	p.mu.Unlock()
-	for _, r := range reqs {
-		if err := stream.Send(r); err != nil {
+	return exchange(p, stream.Send, stream.Recv, reqs, p.applyDelta)
+}
+
+// exchange is the life of one stream, either protocol: send the initial
+// requests, then take each response as a real proxy would (apply it under
+// the proxy's lock, send the ACKs or NACKs and follow-up subscriptions it
+// yields) and record the changes it completed. got reports whether any
+// response arrived.
+func exchange[Req any, Resp proto.Message](p *proxy, send func(Req) error, recv func() (Resp, error),
+	initial []Req, apply func(Resp, time.Time) ([]Req, []*pendingChange)) (got bool, _ error) {
+	for _, r := range initial {
+		if err := send(r); err != nil {
 			return false, err
 		}
 	}
 	p.streamUp()
 	for {
-		resp, err := stream.Recv()
+		resp, err := recv()
 		if err != nil {
 			return got, err
 		}
@@ -494,10 +481,10 @@ func (p *proxy) deltaSession(ctx context.Context, client discoveryv3.AggregatedD
 		now := time.Now()
 		p.count(resp, now)
 		p.mu.Lock()
-		reqs, done := p.applyDelta(resp, now)
+		reqs, done := apply(resp, now)
 		p.mu.Unlock()
 		for _, r := range reqs {
-			if err := stream.Send(r); err != nil {
+			if err := send(r); err != nil {
 				return got, err
 			}
 		}
