@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -98,7 +100,9 @@ type typeSnapshot struct {
 
 	// selections memoises state-of-the-world selections by a fingerprint of
 	// the subscribed names; memoised counts the names it holds. Both are
-	// guarded by Cache.mu (see selectLocked).
+	// guarded by memoMu (see choose), not Cache.mu, because responses are
+	// built outside Cache.mu.
+	memoMu     sync.Mutex
 	selections map[uint64][]*selection
 	memoised   int
 }
@@ -131,8 +135,8 @@ type kindState struct {
 }
 
 // Cache is the xDS resource cache. One mutex guards the resource maps and
-// the watch sets; responses are built under it (pure CPU over immutable
-// snapshots) but sent only after it is released.
+// the watch sets; the responses an Update wakes are built and sent after it
+// is released (see fanOut), from immutable snapshots.
 type Cache struct {
 	log *slog.Logger
 
@@ -215,23 +219,21 @@ func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
 	c.mu.Lock()
 	first := !ks.ready
 	ks.ready = true
-	fired := ks.publishLocked(next, changed, first)
+	woken := ks.publishLocked(next, changed, first)
 	c.mu.Unlock()
 
-	for _, p := range fired {
-		p.deliver()
-	}
-	c.logUpdate("xds cache updated", kind, stats, len(fired), first, start)
+	notified := c.fanOut(ks, woken)
+	c.logUpdate("xds cache updated", kind, stats, notified, first, start)
 	return stats, nil
 }
 
-// publishLocked makes next what the kind serves and answers the watches
+// publishLocked makes next what the kind serves and returns the watches
 // that the changed names concern (every watch if first: watches held
 // before the first build have never been checked). c.mu must be held; the
-// returned responses must be delivered after releasing it.
-func (ks *kindState) publishLocked(next [numTypes]*typeSnapshot, changed [numTypes]map[string]struct{}, first bool) []pending {
+// watches must be answered with fanOut after releasing it.
+func (ks *kindState) publishLocked(next [numTypes]*typeSnapshot, changed [numTypes]map[string]struct{}, first bool) []woken {
 	ks.types = next
-	var fired []pending
+	var out []woken
 	for t := range numTypes {
 		scope := changed[t]
 		if first {
@@ -240,16 +242,66 @@ func (ks *kindState) publishLocked(next [numTypes]*typeSnapshot, changed [numTyp
 			continue
 		}
 		for w := range ks.watches[t] {
-			if scope != nil && !w.interested(scope) {
-				continue
-			}
-			if p, ok := w.respond(next[t], scope); ok {
-				delete(ks.watches[t], w)
-				fired = append(fired, p)
+			if scope == nil || w.interested(scope) {
+				out = append(out, woken{w: w, ts: next[t], changed: scope})
 			}
 		}
 	}
-	return fired
+	return out
+}
+
+// woken is a registered watch an Update concerns, with what to answer it
+// from.
+type woken struct {
+	w       *watch
+	ts      *typeSnapshot
+	changed map[string]struct{}
+}
+
+// fanOutBatch is how many woken watches make it worth another goroutine.
+const fanOutBatch = 32
+
+// fanOut answers the woken watches outside Cache.mu, sending each response
+// as soon as it is built, on up to GOMAXPROCS goroutines: the first proxy
+// hears of a change while the responses of the others are still being
+// built. Snapshots are immutable and their memo has its own lock, so this
+// needs no cache lock; each watch's own lock keeps a cancelled watch
+// unanswered. Watches that were answered are unregistered afterwards, and
+// the number answered is returned. The caller holds updateMu, so no other
+// Update evaluates these watches meanwhile.
+func (c *Cache) fanOut(ks *kindState, woken []woken) int {
+	if len(woken) == 0 {
+		return 0
+	}
+	fired := make([]bool, len(woken))
+	var next atomic.Int64
+	work := func() {
+		for {
+			i := int(next.Add(1)) - 1
+			if i >= len(woken) {
+				return
+			}
+			fired[i] = woken[i].w.fire(woken[i].ts, woken[i].changed)
+		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), (len(woken)+fanOutBatch-1)/fanOutBatch)
+	var wg sync.WaitGroup
+	for range workers - 1 {
+		wg.Go(work)
+	}
+	work()
+	wg.Wait()
+
+	n := 0
+	c.mu.Lock()
+	for i, wk := range woken {
+		if fired[i] {
+			delete(ks.watches[wk.w.t], wk.w)
+			n++
+		}
+	}
+	c.mu.Unlock()
+	return n
 }
 
 func (c *Cache) logUpdate(msg string, kind node.Kind, stats Stats, notified int, first bool, start time.Time) {
@@ -331,13 +383,11 @@ func (c *Cache) Patch(kind node.Kind, upsert *translate.Resources, remove Names)
 	}
 
 	c.mu.Lock()
-	fired := ks.publishLocked(next, changed, false)
+	woken := ks.publishLocked(next, changed, false)
 	c.mu.Unlock()
 
-	for _, p := range fired {
-		p.deliver()
-	}
-	c.logUpdate("xds cache patched", kind, stats, len(fired), false, start)
+	notified := c.fanOut(ks, woken)
+	c.logUpdate("xds cache patched", kind, stats, notified, false, start)
 	return stats, nil
 }
 

@@ -43,10 +43,10 @@ func (c *Cache) open(n *corev3.Node, typeURL, what string, newWatch func(typ) *w
 		return func() {}, nil
 	}
 	c.mu.Lock()
-	cancel, p := c.watchLocked(c.kindLocked(info.Kind), newWatch(t))
+	cancel, send := c.watchLocked(c.kindLocked(info.Kind), newWatch(t))
 	c.mu.Unlock()
-	if p != nil {
-		p.deliver()
+	if send != nil {
+		send()
 	}
 	return cancel, nil
 }
@@ -81,7 +81,7 @@ func (c *Cache) Fetch(_ context.Context, req *cachev3.Request) (cachev3.Response
 	if req.GetVersionInfo() == sel.version {
 		return nil, &types.SkipFetchError{}
 	}
-	return newSotwResponse(req, sel), nil
+	return newSotwResponse(req, sel, sel.payloads), nil
 }
 
 // selection is what a state-of-the-world response for one set of names
@@ -89,10 +89,19 @@ func (c *Cache) Fetch(_ context.Context, req *cachev3.Request) (cachev3.Response
 // their set version. It is read-only once built, so every watch subscribing
 // to the same names shares it.
 type selection struct {
-	names    map[string]struct{} // the subscribed names, when memoised
+	names    *memoNames // the subscribed names, when memoised
 	entries  []*entry
 	payloads []*anypb.Any
 	version  string
+}
+
+// memoNames is a memoised set of subscribed names with its fingerprint. A
+// watch keeps the memoNames its names matched, so the next snapshot's memo
+// finds the selection for it by pointer instead of hashing and comparing a
+// thousand names again for every woken proxy.
+type memoNames struct {
+	key uint64
+	m   map[string]struct{}
 }
 
 // maxMemoised bounds the names a snapshot's memo holds in total, so clients
@@ -102,6 +111,16 @@ const maxMemoised = 1 << 18
 
 // nameSeed keys the fingerprints of name sets within this process.
 var nameSeed = maphash.MakeSeed()
+
+// fingerprint is a sum of the names' hashes, so it ignores the map's
+// iteration order.
+func fingerprint(names map[string]struct{}) uint64 {
+	var key uint64
+	for n := range names {
+		key += maphash.String(nameSeed, n)
+	}
+	return key
+}
 
 // sotwSelect picks the resources a state-of-the-world response carries and
 // their set version.
@@ -132,38 +151,50 @@ func sotwSelect(ts *typeSnapshot, wildcard bool, names map[string]struct{}) *sel
 	return &selection{entries: entries, payloads: payloads, version: setVersion(entries)}
 }
 
-// selectLocked is sotwSelect memoised per snapshot and set of names. Every
-// Update wakes the watches on a changed name, and each then ACKs with a new
-// watch against the same snapshot; with a memo, the sort and hash over a
-// large subscription (an Envoy's 1,000 load assignments) happen once per
-// snapshot and distinct set instead of twice per watch. Snapshots are
-// replaced, never changed, so a memoised selection cannot go stale. c.mu
-// must be held: it guards the memo.
-func (ts *typeSnapshot) selectLocked(wildcard bool, names map[string]struct{}) *selection {
+// choose is sotwSelect memoised per snapshot and set of names. Every Update
+// wakes the watches on a changed name, and each then ACKs with a new watch
+// against the same snapshot; with a memo, the sort and hash over a large
+// subscription (an Envoy's 1,000 load assignments) happen once per snapshot
+// and distinct set instead of twice per watch. Snapshots are replaced, never
+// changed, so a memoised selection cannot go stale.
+//
+// known, if not nil, is a memoNames already found equal to names (the one the
+// watch matched in an earlier snapshot): it is looked up by pointer first,
+// and stored as the key of a new memo entry. choose returns the selection
+// and the memoNames now memoised for names (known itself when the memo is
+// full).
+func (ts *typeSnapshot) choose(wildcard bool, names map[string]struct{}, known *memoNames) (*selection, *memoNames) {
 	if wildcard || len(names) == 0 || len(ts.sorted) == 0 {
 		// Nothing to save, and the shared empty snapshot stays unwritten.
-		return sotwSelect(ts, wildcard, names)
+		return sotwSelect(ts, wildcard, names), known
 	}
-	var key uint64
-	for n := range names {
-		// A sum, so the fingerprint ignores the map's iteration order.
-		key += maphash.String(nameSeed, n)
+	key := uint64(0)
+	if known != nil {
+		key = known.key
+	} else {
+		key = fingerprint(names)
 	}
+	ts.memoMu.Lock()
+	defer ts.memoMu.Unlock()
 	for _, sel := range ts.selections[key] {
-		if sameNames(sel.names, names) {
-			return sel
+		if sel.names == known || sameNames(sel.names.m, names) {
+			return sel, sel.names
 		}
 	}
 	sel := sotwSelect(ts, false, names)
-	if ts.memoised+len(names) <= maxMemoised {
-		sel.names = maps.Clone(names)
-		if ts.selections == nil {
-			ts.selections = map[uint64][]*selection{}
-		}
-		ts.selections[key] = append(ts.selections[key], sel)
-		ts.memoised += len(names)
+	if ts.memoised+len(names) > maxMemoised {
+		return sel, known
 	}
-	return sel
+	if known == nil {
+		known = &memoNames{key: key, m: maps.Clone(names)}
+	}
+	sel.names = known
+	if ts.selections == nil {
+		ts.selections = map[uint64][]*selection{}
+	}
+	ts.selections[key] = append(ts.selections[key], sel)
+	ts.memoised += len(names)
+	return sel, known
 }
 
 func sameNames(a, b map[string]struct{}) bool {
@@ -178,7 +209,22 @@ func sameNames(a, b map[string]struct{}) bool {
 	return true
 }
 
-// sotwRespond decides whether a state-of-the-world watch gets a response now.
+// partialTypes are the types whose state-of-the-world responses may carry
+// only what changed. The xDS protocol ("Grouping resources into responses",
+// envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol) requires the
+// complete state of the world only for Listener and Cluster; for other
+// types a resource missing from a response is not a removal. Clients agree:
+// grpc-go (v1.85, internal/xds/xdsclient/resource_types.go) sets
+// AllResourcesRequiredInSotW only for Listener and Cluster, and its
+// authority (internal/xds/clients/xdsclient/authority.go) treats an absent
+// resource as deleted only for those; Envoy's EDS and RDS subscriptions
+// update the resources a response names and keep the others. An endpoint
+// flip then costs an Envoy subscribed to 1,000 load assignments one load
+// assignment, not all of them.
+var partialTypes = [numTypes]bool{endpointType: true, routeType: true}
+
+// sotwRespond decides whether a state-of-the-world watch gets a response now,
+// and what it carries.
 //
 // The request's version_info is what the client last accepted. A response is
 // held when:
@@ -189,17 +235,60 @@ func sameNames(a, b map[string]struct{}) bool {
 //     version, and sending the rejected content again would only be rejected
 //     again, in a loop, until the content changes.
 //
-// c.mu must be held.
-func sotwRespond(ts *typeSnapshot, req *cachev3.Request, sub cachev3.Subscription) cachev3.Response {
-	sel := ts.selectLocked(sub.IsWildcard(), sub.SubscribedResources())
+// The response carries only the resources in changed (the names the Update
+// that woke the watch changed) when the type allows it (partialTypes) and
+// w.current holds: the client is known to hold exactly the selection the
+// watch was last found up to date with, because its request acknowledged
+// that selection's version (see watch.current). Every other response (first
+// request, grown subscription, reconnect with a version this set does not
+// have, NACK) carries the whole selection. Either way version_info is the
+// version of the whole selection and ReturnedResources maps all of it, which
+// is what the client holds after applying the response: a partial response
+// brings exactly the changed resources up to date, and resources that no
+// longer exist, which state of the world cannot remove for these types, are
+// left out of the map.
+//
+// It runs under w.mu (or before the watch is registered); it reads w.sub,
+// which the server changes only after cancel has returned.
+func (w *watch) sotwRespond(ts *typeSnapshot, changed map[string]struct{}) cachev3.Response {
+	req, sub := w.sotwReq, w.sub
+	sel, ns := ts.choose(sub.IsWildcard(), sub.SubscribedResources(), w.names)
+	w.names = ns
 	if req.GetErrorDetail() == nil && req.GetVersionInfo() == sel.version {
+		// An ACK of exactly this selection's version: the client holds it.
+		w.current = true
 		return nil
 	}
+	if w.current && changed != nil && partialTypes[w.t] {
+		return newSotwResponse(req, sel, changedPayloads(ts, sub, changed))
+	}
+	w.current = false
 	known := sub.ReturnedResources()
 	if (len(known) > 0 || req.GetResponseNonce() != "") && sameVersions(known, sel.entries) {
 		return nil
 	}
-	return newSotwResponse(req, sel)
+	return newSotwResponse(req, sel, sel.payloads)
+}
+
+// changedPayloads is what a partial response carries: the resources among
+// changed that the subscription selects and that still exist, by name.
+func changedPayloads(ts *typeSnapshot, sub cachev3.Subscription, changed map[string]struct{}) []*anypb.Any {
+	wildcard, subscribed := sub.IsWildcard(), sub.SubscribedResources()
+	var entries []*entry
+	for name := range changed {
+		if _, ok := subscribed[name]; !ok && !wildcard {
+			continue
+		}
+		if e := ts.byName[name]; e != nil {
+			entries = append(entries, e)
+		}
+	}
+	slices.SortFunc(entries, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	payloads := make([]*anypb.Any, len(entries))
+	for i, e := range entries {
+		payloads[i] = e.any
+	}
+	return payloads
 }
 
 func sameVersions(known map[string]string, entries []*entry) bool {
@@ -231,13 +320,15 @@ type sotwResponse struct {
 
 var _ cachev3.Response = (*sotwResponse)(nil)
 
-func newSotwResponse(req *cachev3.Request, sel *selection) *sotwResponse {
+// newSotwResponse answers with payloads (all of sel's, or the changed part
+// of it) at sel's version; the client holds all of sel after applying it.
+func newSotwResponse(req *cachev3.Request, sel *selection, payloads []*anypb.Any) *sotwResponse {
 	return &sotwResponse{
 		req: req,
 		out: &discoveryv3.DiscoveryResponse{
 			VersionInfo: sel.version,
 			// Read-only: shared by every response of this selection.
-			Resources: sel.payloads,
+			Resources: payloads,
 			TypeUrl:   req.GetTypeUrl(),
 		},
 		entries: sel.entries,
@@ -257,8 +348,10 @@ func (r *sotwResponse) GetVersion() (string, error) { return r.out.GetVersionInf
 
 func (r *sotwResponse) GetResponseVersion() string { return r.out.GetVersionInfo() }
 
-// GetReturnedResources maps each resource in the response to its own
-// content version; the next request's subscription hands it back.
+// GetReturnedResources maps each resource of the selection to its own
+// content version (everything the client holds after applying the response,
+// whether it carried all of them or only the changed ones); the next
+// request's subscription hands it back.
 func (r *sotwResponse) GetReturnedResources() map[string]string {
 	r.once.Do(func() {
 		// The server deletes from this map when the subscription shrinks,

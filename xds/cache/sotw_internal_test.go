@@ -2,7 +2,6 @@ package cache
 
 import (
 	"fmt"
-	"hash/maphash"
 	"slices"
 	"testing"
 
@@ -78,35 +77,46 @@ func TestSotwSelect(t *testing.T) {
 // The memo answers an equal set with the selection already built, whatever
 // map holds the names, and never answers a different set with it, even one
 // whose fingerprint it shares.
-func TestSelectLockedMemoises(t *testing.T) {
+func TestChooseMemoises(t *testing.T) {
 	ts := selectionSnapshot(40)
-	first := ts.selectLocked(false, nameSet("r001", "r002", "r003"))
-	again := ts.selectLocked(false, nameSet("r003", "r001", "r002"))
-	if first != again {
+	first, names := ts.choose(false, nameSet("r001", "r002", "r003"), nil)
+	again, againNames := ts.choose(false, nameSet("r003", "r001", "r002"), nil)
+	if first != again || names != againNames {
 		t.Errorf("equal set of names built a second selection")
 	}
-	other := ts.selectLocked(false, nameSet("r001", "r002"))
+	other, _ := ts.choose(false, nameSet("r001", "r002"), nil)
 	if diff := cmp.Diff([]string{"r001", "r002"}, selectedNames(other)); diff != "" {
 		t.Errorf("smaller set (-want +got):\n%s", diff)
+	}
+
+	// The next snapshot finds the selection for names a watch matched
+	// before by the same memo entry, and memoises under it.
+	next := selectionSnapshot(41)
+	moved, movedNames := next.choose(false, nameSet("r001", "r002", "r003"), names)
+	if movedNames != names {
+		t.Errorf("next snapshot memoised a new entry for known names")
+	}
+	if diff := cmp.Diff([]string{"r001", "r002", "r003"}, selectedNames(moved)); diff != "" {
+		t.Errorf("next snapshot (-want +got):\n%s", diff)
+	}
+	if again, _ := next.choose(false, nameSet("r002", "r003", "r001"), nil); again != moved {
+		t.Errorf("equal names without the memo entry built a second selection")
 	}
 
 	// A selection planted under the fingerprint of another set must not be
 	// returned for it.
 	wanted := nameSet("r010", "r011")
-	var key uint64
-	for n := range wanted {
-		key += maphash.String(nameSeed, n)
-	}
-	ts.selections[key] = append(ts.selections[key], &selection{names: nameSet("r030", "r031"), version: "planted"})
-	got := ts.selectLocked(false, wanted)
+	key := fingerprint(wanted)
+	ts.selections[key] = append(ts.selections[key], &selection{names: &memoNames{key: key, m: nameSet("r030", "r031")}, version: "planted"})
+	got, _ := ts.choose(false, wanted, nil)
 	if got.version == "planted" || !slices.Equal(selectedNames(got), []string{"r010", "r011"}) {
 		t.Errorf("colliding fingerprint answered with %v (version %q)", selectedNames(got), got.version)
 	}
 
-	if ts.selectLocked(true, nil) != ts.all {
+	if all, _ := ts.choose(true, nil, nil); all != ts.all {
 		t.Errorf("wildcard selection is not the whole set")
 	}
-	if emptySnapshot.selectLocked(false, nameSet("a")); emptySnapshot.selections != nil {
+	if emptySnapshot.choose(false, nameSet("a"), nil); emptySnapshot.selections != nil {
 		t.Errorf("the shared empty snapshot was written")
 	}
 }

@@ -12,9 +12,11 @@ import (
 //
 // The go-control-plane server sizes its response channels so that one
 // response per open watch always fits (one per type and stream), which is why
-// delivering never blocks. Holding mu while sending still matters: the delta
-// server closes its channel right after cancelling, and cancel waits on mu,
-// so nothing is ever sent after cancel has returned.
+// delivering never blocks. Responses are built and sent holding mu, and
+// cancel takes mu after unregistering the watch: so nothing is ever sent
+// after cancel has returned (the delta server closes its channel right
+// after cancelling), and the subscription, which the server changes once
+// cancel has returned, is never read while it changes.
 type watch struct {
 	t typ
 
@@ -25,11 +27,21 @@ type watch struct {
 	deltaCh  chan cachev3.DeltaResponse
 
 	// sub is the server's view of the client. It is immutable from watch
-	// creation until cancel, and read only under Cache.mu.
+	// creation until cancel.
 	sub cachev3.Subscription
 
 	mu   sync.Mutex
 	done bool
+
+	// State of the world only, guarded by mu once the watch is registered.
+	// current says the client holds exactly the selection the watch was
+	// last checked against: the request, not a NACK, acknowledged that
+	// selection's version. Every Update since has either left the selection
+	// alone or been checked against it, so what the client lacks is exactly
+	// what the waking Update changed (see sotwRespond). names is the memo
+	// entry the subscription matched, to find its selection again cheaply.
+	current bool
+	names   *memoNames
 }
 
 // interested reports whether a change to any of the names can concern the
@@ -51,48 +63,53 @@ func (w *watch) interested(changed map[string]struct{}) bool {
 	return false
 }
 
-// respond builds the watch's response from a snapshot, or reports that the
-// client already holds (or has rejected) exactly what it would receive.
-// changed, if not nil, is what the Update that woke the watch changed.
-func (w *watch) respond(ts *typeSnapshot, changed map[string]struct{}) (pending, bool) {
+// respond builds the watch's response from a snapshot, or returns nil
+// when the client already holds (or has rejected) exactly what it would
+// receive. changed, if not nil, is what the Update that woke the watch
+// changed. It runs under w.mu, or before the watch is registered.
+func (w *watch) respond(ts *typeSnapshot, changed map[string]struct{}) (sotw cachev3.Response, delta cachev3.DeltaResponse) {
 	if w.sotwReq != nil {
-		r := sotwRespond(ts, w.sotwReq, w.sub)
-		return pending{w: w, sotw: r}, r != nil
+		return w.sotwRespond(ts, changed), nil
 	}
-	r := deltaRespond(ts, w.deltaReq, w.sub, changed)
-	return pending{w: w, delta: r}, r != nil
+	return nil, deltaRespond(ts, w.deltaReq, w.sub, changed)
 }
 
-// pending is a response built under Cache.mu, to be delivered after it is
-// released.
-type pending struct {
-	w     *watch
-	sotw  cachev3.Response
-	delta cachev3.DeltaResponse
-}
-
-func (p pending) deliver() {
-	w := p.w
+// fire answers a registered watch from the snapshot an Update published,
+// unless it was cancelled or the client needs nothing; it reports whether a
+// response was sent.
+func (w *watch) fire(ts *typeSnapshot, changed map[string]struct{}) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.done {
-		return
+		return false
+	}
+	sotw, delta := w.respond(ts, changed)
+	if sotw == nil && delta == nil {
+		return false
 	}
 	w.done = true
-	if p.sotw != nil {
-		w.sotwCh <- p.sotw
-		return
+	if sotw != nil {
+		w.sotwCh <- sotw
+	} else {
+		w.deltaCh <- delta
 	}
-	w.deltaCh <- p.delta
+	return true
 }
 
 // watchLocked answers a new watch at once if there is something to send,
 // and otherwise registers it until an Update concerns it. c.mu must be held;
-// the returned pending, if any, must be delivered after releasing it.
-func (c *Cache) watchLocked(ks *kindState, w *watch) (func(), *pending) {
+// the returned send, if not nil, must be called after releasing it.
+func (c *Cache) watchLocked(ks *kindState, w *watch) (cancel, send func()) {
 	if ks.ready {
-		if p, ok := w.respond(ks.types[w.t], nil); ok {
-			return func() {}, &p
+		if sotw, delta := w.respond(ks.types[w.t], nil); sotw != nil || delta != nil {
+			w.done = true
+			return func() {}, func() {
+				if sotw != nil {
+					w.sotwCh <- sotw
+				} else {
+					w.deltaCh <- delta
+				}
+			}
 		}
 	}
 	ks.watches[w.t][w] = struct{}{}
