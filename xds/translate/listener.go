@@ -17,13 +17,14 @@ import (
 // listener, and per Service port number one listener and one route
 // configuration shared by every Service with that port number.
 //
-// A port equal to VirtualOutboundPort gets neither: Envoy cannot hold two
-// listeners on 0.0.0.0:15001, and connections to such a port still reach
-// their destination through the passthrough chain.
+// A port equal to VirtualOutboundPort or VirtualInboundPort gets neither:
+// Envoy cannot hold two listeners on 0.0.0.0:15001 (or :15006), and
+// connections to such a port still reach their destination through the
+// passthrough chain.
 func envoyOutbound(ports []servicePort) ([]*listenerv3.Listener, []*routev3.RouteConfiguration) {
 	byPort := make(map[int32][]servicePort)
 	for _, sp := range ports {
-		if sp.port.Port != VirtualOutboundPort {
+		if sp.port.Port != VirtualOutboundPort && sp.port.Port != VirtualInboundPort {
 			byPort[sp.port.Port] = append(byPort[sp.port.Port], sp)
 		}
 	}

@@ -30,6 +30,21 @@ const (
 	// PassthroughClusterName is the ORIGINAL_DST cluster that carries
 	// traffic for destinations the mesh does not know.
 	PassthroughClusterName = "PassthroughCluster"
+	// VirtualInboundListenerName is the listener on VirtualInboundPort
+	// that iptables redirects inbound connections to; it hands each one to
+	// the workload on its original destination, terminating mutual TLS
+	// first when that is on.
+	VirtualInboundListenerName = "virtualInbound"
+	// VirtualInboundPort is the sidecar's inbound capture port.
+	VirtualInboundPort = 15006
+	// InboundPassthroughClusterName is the ORIGINAL_DST cluster that
+	// carries inbound connections from the sidecar to its workload.
+	InboundPassthroughClusterName = "InboundPassthroughCluster"
+	// InboundPassthroughSourceAddress is the source address of the
+	// sidecar's connections to its workload. The pod's iptables rules must
+	// leave connections from it on the loopback interface alone, so that
+	// they reach the application instead of being captured again.
+	InboundPassthroughSourceAddress = "127.0.0.6"
 )
 
 // Host is the Service's fully qualified DNS name,

@@ -46,12 +46,12 @@ func TestPortBuildersMatchTranslate(t *testing.T) {
 					if HasServerListeners(kind) {
 						got.Listeners = ServerListeners(addrs, opts)
 					}
-					// Translate's extras (passthrough cluster, outbound
-					// and api listeners) are not per-port endpoint
+					// Translate's extras (passthrough clusters, outbound,
+					// inbound and api listeners) are not per-port endpoint
 					// resources; keep only what the builders cover.
 					wantClusters := want.Clusters[:0:0]
 					for _, c := range want.Clusters {
-						if c.GetName() != PassthroughClusterName {
+						if c.GetName() != PassthroughClusterName && c.GetName() != InboundPassthroughClusterName {
 							wantClusters = append(wantClusters, c)
 						}
 					}

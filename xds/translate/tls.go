@@ -110,22 +110,65 @@ func tlsTransportSocket(ctx proto.Message) *corev3.TransportSocket {
 // for the server's logs and for TLS-inspecting middleboxes; nothing routes
 // on it.
 func envoyUpstreamTLS(host string, ids []string, trustDomain string) *corev3.TransportSocket {
-	sans := sanMatchers(ids, trustDomain)
+	return tlsTransportSocket(&tlsv3.UpstreamTlsContext{
+		Sni:              host,
+		CommonTlsContext: envoySDSContext(sanMatchers(ids, trustDomain)),
+	})
+}
+
+// envoySDSContext is the part of an Envoy TLS context both directions
+// share: the workload's certificate is SDS secret SecretCertificate, the
+// peer's chain is checked against SDS secret SecretRootCA, and the peer's
+// URI SAN must match one of sans. The SAN matchers are static config
+// (default_validation_context) combined with the dynamic roots, so a root
+// rotation replaces the secret without touching the resource.
+func envoySDSContext(sans []*matcherv3.StringMatcher) *tlsv3.CommonTlsContext {
 	typedSANs := make([]*tlsv3.SubjectAltNameMatcher, len(sans))
 	for i, m := range sans {
 		typedSANs[i] = &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_URI, Matcher: m}
 	}
-	return tlsTransportSocket(&tlsv3.UpstreamTlsContext{
-		Sni: host,
-		CommonTlsContext: &tlsv3.CommonTlsContext{
-			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(bootstrap.SecretCertificate)},
-			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
-				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
-					DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: typedSANs},
-					ValidationContextSdsSecretConfig: sdsSecret(bootstrap.SecretRootCA),
-				},
+	return &tlsv3.CommonTlsContext{
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(bootstrap.SecretCertificate)},
+		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
+			CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+				DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: typedSANs},
+				ValidationContextSdsSecretConfig: sdsSecret(bootstrap.SecretRootCA),
 			},
 		},
+	}
+}
+
+// inboundALPN are the protocols the virtual inbound listener offers in
+// ALPN, HTTP/2 first. The listener proxies bytes and speaks neither, so
+// this only confirms to an ALPN-speaking client the protocol it will use
+// with the workload: a client that offers one protocol (grpc-go's xDS
+// client offers h2 and requires the server to choose it) gets that one, a
+// client that offers none gets no ALPN and speaks what it was configured
+// to. "If empty, Envoy will not expose ALPN"
+// (CommonTlsContext.alpn_protocols), which would fail gRPC clients.
+var inboundALPN = []string{"h2", "http/1.1"}
+
+// envoyDownstreamTLS is the virtual inbound listener's server side of
+// mutual TLS: the workload's certificate and roots from the agent's SDS
+// secrets, exactly as in envoyUpstreamTLS. require_client_certificate
+// makes Envoy "reject connections without a valid client certificate"
+// (DownstreamTlsContext), and the SAN matcher then admits any identity of
+// the trust domain: the listener is shared by every sidecar and has no
+// per-port policy, so which callers may reach what is authorization, not
+// decided here. TLS 1.2 is the lowest version accepted and 1.3 the
+// highest, so two Envoys always agree on 1.3; these are Envoy's server
+// defaults, written out so that a change of default cannot weaken a mesh
+// silently.
+func envoyDownstreamTLS(trustDomain string) *corev3.TransportSocket {
+	common := envoySDSContext(sanMatchers(nil, trustDomain))
+	common.TlsParams = &tlsv3.TlsParameters{
+		TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2,
+		TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_3,
+	}
+	common.AlpnProtocols = inboundALPN
+	return tlsTransportSocket(&tlsv3.DownstreamTlsContext{
+		RequireClientCertificate: wrapperspb.Bool(true),
+		CommonTlsContext:         common,
 	})
 }
 

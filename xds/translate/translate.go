@@ -23,16 +23,18 @@ import (
 // mesh m. Every Service port gets a cluster and a ClusterLoadAssignment
 // (identical for both kinds); Envoy additionally gets one outbound listener
 // and route configuration per port number plus the virtual outbound
-// listener and the passthrough cluster, and proxyless gRPC gets one
-// api_listener and route configuration per Service port. A kind other than
-// Envoy or GRPC gets clusters and endpoints only. Each list is sorted by
-// resource name; m is not modified and a nil m is an empty mesh.
+// listener and the passthrough cluster, and its inbound side: the virtual
+// inbound listener and the inbound passthrough cluster (see inbound.go).
+// Proxyless gRPC gets one api_listener and route configuration per Service
+// port. A kind other than Envoy or GRPC gets clusters and endpoints only.
+// Each list is sorted by resource name; m is not modified and a nil m is an
+// empty mesh.
 //
 // Proxyless gRPC also gets the listeners of xDS-enabled gRPC servers, one
 // per endpoint address and port (see grpcServerListeners). With opts.MTLS,
-// the clusters of both kinds and those server listeners carry TLS contexts
-// that refer to the pod-local agent's credentials (see tls.go); Envoy's
-// inbound side is not translated yet.
+// the clusters of both kinds, those server listeners and Envoy's virtual
+// inbound listener carry TLS contexts that refer to the pod-local agent's
+// credentials (see tls.go).
 func Translate(m *policy.Mesh, kind node.Kind, opts Options) *Resources {
 	r := &Resources{}
 	var ports []servicePort
@@ -51,6 +53,9 @@ func Translate(m *policy.Mesh, kind node.Kind, opts Options) *Resources {
 	case node.Envoy:
 		r.Clusters = append(r.Clusters, passthroughCluster())
 		r.Listeners, r.Routes = envoyOutbound(ports)
+		inbound, inboundCluster := envoyInbound(opts)
+		r.Listeners = append(r.Listeners, inbound)
+		r.Clusters = append(r.Clusters, inboundCluster)
 	case node.GRPC:
 		for _, sp := range ports {
 			r.Listeners = append(r.Listeners, grpcListener(sp))

@@ -367,14 +367,14 @@ func TestDomainsUnique(t *testing.T) {
 }
 
 // TestSameClustersForBothKinds pins the decision that without mTLS both
-// proxy kinds get identical clusters and endpoints (Envoy has the
-// passthrough cluster on top); with mTLS only the transport sockets differ.
+// proxy kinds get identical clusters and endpoints (Envoy has its two
+// passthrough clusters on top); with mTLS only the transport sockets differ.
 func TestSameClustersForBothKinds(t *testing.T) {
 	for _, name := range goldenCases(t) {
 		m := readMesh(t, name)
 		e, g := Translate(m, node.Envoy, Options{}), Translate(m, node.GRPC, Options{})
 		envoyClusters := slices.DeleteFunc(slices.Clone(e.Clusters), func(c *clusterv3.Cluster) bool {
-			return c.GetName() == PassthroughClusterName
+			return c.GetName() == PassthroughClusterName || c.GetName() == InboundPassthroughClusterName
 		})
 		if diff := cmp.Diff(envoyClusters, g.Clusters, protocmp.Transform(), cmpopts.EquateEmpty()); diff != "" {
 			t.Errorf("%s: clusters differ between kinds (-envoy +grpc):\n%s", name, diff)
