@@ -1,0 +1,362 @@
+package cache_test
+
+import (
+	"maps"
+	"sync"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fjordmesh/fjord/xds/cache"
+	"github.com/fjordmesh/fjord/xds/node"
+	"github.com/fjordmesh/fjord/xds/translate"
+)
+
+// fullSotw is what a new client subscribing to names is sent: the whole
+// selection, its version, and the ReturnedResources the server records.
+func fullSotw(t *testing.T, c *cache.Cache, typeURL string, names []string) (*discoveryv3.DiscoveryResponse, map[string]string) {
+	t.Helper()
+	s := newSotwClient(t, c, node.GRPC, typeURL, false)
+	s.request(names, "")
+	out := s.receive()
+	return out, maps.Clone(s.sub.ReturnedResources())
+}
+
+// checkHolds asserts that a client's recorded ReturnedResources and last
+// version are what a new client with the same subscription gets: what the
+// next request is judged against is the whole selection, however little the
+// response carried.
+func checkHolds(t *testing.T, c *cache.Cache, s *sotwClient, out *discoveryv3.DiscoveryResponse) {
+	t.Helper()
+	want, wantReturned := fullSotw(t, c, s.typeURL, s.names)
+	if out.GetVersionInfo() != want.GetVersionInfo() {
+		t.Errorf("version %s, want the whole selection's %s", out.GetVersionInfo(), want.GetVersionInfo())
+	}
+	if diff := cmp.Diff(wantReturned, s.sub.ReturnedResources()); diff != "" {
+		t.Errorf("ReturnedResources (-whole selection +got):\n%s", diff)
+	}
+}
+
+// holder is what an Envoy or grpc-go client holds of load assignments in
+// state of the world: every response merged in, nothing removed by absence.
+type holder map[string]string
+
+func (h holder) apply(out *discoveryv3.DiscoveryResponse) {
+	for _, a := range out.GetResources() {
+		h[claName(a.GetValue())] = claIP(a.GetValue())
+	}
+}
+
+func TestSotwEndpointsCarryOnlyWhatChanged(t *testing.T) {
+	c := newCache(t, services(abc))
+	eds := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
+	eds.request([]string{"a", "b", "c"}, "")
+	first := eds.receive()
+	if diff := cmp.Diff([]string{"a", "b", "c"}, names(first, claName)); diff != "" {
+		t.Fatalf("first response (-want +got):\n%s", diff)
+	}
+	held := holder{}
+	held.apply(first)
+	eds.ack(first)
+	eds.none()
+
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.99", "c": "10.0.0.3"}))
+	out := eds.receive()
+	if diff := cmp.Diff([]string{"b"}, names(out, claName)); diff != "" {
+		t.Errorf("after b moved (-want +got):\n%s", diff)
+	}
+	checkHolds(t, c, eds, out)
+	held.apply(out)
+	eds.ack(out)
+	eds.none()
+
+	// Patch, the endpoint fast path, the same.
+	if _, err := c.Patch(node.GRPC, &translate.Resources{Endpoints: []*endpointv3.ClusterLoadAssignment{loadAssignment("c", "10.0.0.33")}}, cache.Names{}); err != nil {
+		t.Fatalf("Patch: %v", err)
+	}
+	out = eds.receive()
+	if diff := cmp.Diff([]string{"c"}, names(out, claName)); diff != "" {
+		t.Errorf("after c patched (-want +got):\n%s", diff)
+	}
+	checkHolds(t, c, eds, out)
+	held.apply(out)
+	eds.ack(out)
+	eds.none()
+	want := holder{"a": "10.0.0.1", "b": "10.0.0.99", "c": "10.0.0.33"}
+	if diff := cmp.Diff(want, held); diff != "" {
+		t.Errorf("client holds (-want +got):\n%s", diff)
+	}
+}
+
+// Clusters (and listeners) stay the state of the world: a client takes a
+// missing one as removed.
+func TestSotwClustersStayWhole(t *testing.T) {
+	c := newCache(t, services(abc))
+	cds := newSotwClient(t, c, node.GRPC, resourcev3.ClusterType, false)
+	cds.request([]string{"a", "b", "c"}, "")
+	cds.ack(cds.receive())
+	r := services(abc)
+	r.Clusters[1] = proto.Clone(r.Clusters[1]).(*clusterv3.Cluster)
+	r.Clusters[1].LbPolicy = clusterv3.Cluster_LEAST_REQUEST
+	mustUpdate(t, c, node.GRPC, r)
+	if diff := cmp.Diff([]string{"a", "b", "c"}, names(cds.receive(), clusterName)); diff != "" {
+		t.Errorf("named CDS after b changed (-want +got):\n%s", diff)
+	}
+}
+
+func routeConfig(name, cluster string) *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{{
+		Name: name, Domains: []string{name},
+		Routes: []*routev3.Route{{
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}},
+		}},
+	}}}
+}
+
+func routeName(b []byte) string {
+	var r routev3.RouteConfiguration
+	if err := proto.Unmarshal(b, &r); err != nil {
+		panic(err)
+	}
+	return r.GetName()
+}
+
+func TestSotwRoutesCarryOnlyWhatChanged(t *testing.T) {
+	withRoutes := func(target map[string]string) *translate.Resources {
+		r := services(abc)
+		for _, n := range []string{"a", "b", "c"} {
+			r.Routes = append(r.Routes, routeConfig(n, target[n]))
+		}
+		return r
+	}
+	c := newCache(t, withRoutes(map[string]string{"a": "a", "b": "b", "c": "c"}))
+	rds := newSotwClient(t, c, node.GRPC, resourcev3.RouteType, false)
+	rds.request([]string{"a", "b", "c"}, "")
+	rds.ack(rds.receive())
+	mustUpdate(t, c, node.GRPC, withRoutes(map[string]string{"a": "a", "b": "c", "c": "c"}))
+	out := rds.receive()
+	if diff := cmp.Diff([]string{"b"}, names(out, routeName)); diff != "" {
+		t.Errorf("RDS after b rerouted (-want +got):\n%s", diff)
+	}
+	checkHolds(t, c, rds, out)
+	rds.ack(out)
+	rds.none()
+}
+
+// After a NACK the server cannot know what the client holds (Envoy rejects
+// the whole response, grpc-go only the bad resources), so the next change
+// sends the whole selection, and the rejected content alone never comes
+// back.
+func TestSotwAfterNACKTheWholeSelection(t *testing.T) {
+	c := newCache(t, services(abc))
+	eds := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
+	eds.request([]string{"a", "b", "c"}, "")
+	eds.ack(eds.receive())
+
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.50", "c": "10.0.0.3"}))
+	if diff := cmp.Diff([]string{"b"}, names(eds.receive(), claName)); diff != "" {
+		t.Fatalf("after b moved (-want +got):\n%s", diff)
+	}
+	eds.request(eds.names, "b rejected")
+	eds.none()
+	eds.request(eds.names, "b rejected")
+	eds.none()
+
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.50", "c": "10.0.0.30"}))
+	out := eds.receive()
+	if diff := cmp.Diff([]string{"a", "b", "c"}, names(out, claName)); diff != "" {
+		t.Errorf("first change after a NACK (-want +got):\n%s", diff)
+	}
+	checkHolds(t, c, eds, out)
+	eds.ack(out)
+	eds.none()
+	// Accepted again: back to changes only.
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.10", "b": "10.0.0.50", "c": "10.0.0.30"}))
+	if diff := cmp.Diff([]string{"a"}, names(eds.receive(), claName)); diff != "" {
+		t.Errorf("after the NACKed content was accepted (-want +got):\n%s", diff)
+	}
+}
+
+// A subscription that grows is answered with the whole selection when the
+// new name exists; when it does not yet, the watch waits, and the change
+// that creates it sends the new resource with whatever else changed.
+func TestSotwGrowingSubscription(t *testing.T) {
+	c := newCache(t, services(abc))
+	eds := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
+	eds.request([]string{"a", "b"}, "")
+	eds.ack(eds.receive())
+
+	eds.request([]string{"a", "b", "d"}, "")
+	eds.none()
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.11", "b": "10.0.0.2", "c": "10.0.0.3", "d": "10.0.0.4"}))
+	out := eds.receive()
+	if diff := cmp.Diff([]string{"a", "d"}, names(out, claName)); diff != "" {
+		t.Errorf("d created and a moved (-want +got):\n%s", diff)
+	}
+	checkHolds(t, c, eds, out)
+	eds.ack(out)
+	eds.none()
+
+	eds.request([]string{"a", "b", "c", "d"}, "")
+	out = eds.receive()
+	if diff := cmp.Diff([]string{"a", "b", "c", "d"}, names(out, claName)); diff != "" {
+		t.Errorf("grown by an existing name (-want +got):\n%s", diff)
+	}
+	checkHolds(t, c, eds, out)
+	eds.ack(out)
+	eds.none()
+
+	// Shrinking is answered with nothing: the client holds the rest.
+	eds.request([]string{"a", "b"}, "")
+	eds.none()
+	// The next change to a name still subscribed comes whole (the client's
+	// version is of the larger set), then partial again.
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.12", "b": "10.0.0.2", "c": "10.0.0.3", "d": "10.0.0.4"}))
+	out = eds.receive()
+	if diff := cmp.Diff([]string{"a", "b"}, names(out, claName)); diff != "" {
+		t.Errorf("first change after shrinking (-want +got):\n%s", diff)
+	}
+	checkHolds(t, c, eds, out)
+	eds.ack(out)
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.13", "b": "10.0.0.2", "c": "10.0.0.3", "d": "10.0.0.4"}))
+	if diff := cmp.Diff([]string{"a"}, names(eds.receive(), claName)); diff != "" {
+		t.Errorf("second change after shrinking (-want +got):\n%s", diff)
+	}
+}
+
+// A client on a new stream holds what its version_info says, nothing else
+// is known about it: a stale version gets everything, the current one
+// nothing, and then only what changes.
+func TestSotwReconnect(t *testing.T) {
+	c := newCache(t, services(abc))
+	old, _ := fullSotw(t, c, resourcev3.EndpointType, []string{"a", "b", "c"})
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.20", "c": "10.0.0.3"}))
+	cur, _ := fullSotw(t, c, resourcev3.EndpointType, []string{"a", "b", "c"})
+
+	for name, version := range map[string]string{"never sent": "stale", "older": old.GetVersionInfo()} {
+		s := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
+		s.acked = version
+		s.request([]string{"a", "b", "c"}, "")
+		if diff := cmp.Diff([]string{"a", "b", "c"}, names(s.receive(), claName)); diff != "" {
+			t.Errorf("reconnect at a %s version (-want +got):\n%s", name, diff)
+		}
+	}
+
+	s := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
+	s.acked = cur.GetVersionInfo()
+	s.request([]string{"c", "b", "a"}, "")
+	s.none()
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.20", "c": "10.0.0.30"}))
+	out := s.receive()
+	if diff := cmp.Diff([]string{"c"}, names(out, claName)); diff != "" {
+		t.Errorf("change after reconnecting up to date (-want +got):\n%s", diff)
+	}
+	checkHolds(t, c, s, out)
+}
+
+// State of the world cannot remove a load assignment: the response that
+// follows a removal carries nothing, at the version of what is left, and the
+// removed name leaves ReturnedResources.
+func TestSotwRemovedEndpointsLeaveTheReturnedMap(t *testing.T) {
+	c := newCache(t, services(abc))
+	eds := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
+	eds.request([]string{"a", "b", "c"}, "")
+	eds.ack(eds.receive())
+
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.2"}))
+	out := eds.receive()
+	if len(out.GetResources()) != 0 {
+		t.Errorf("response after c was removed carries %v", names(out, claName))
+	}
+	checkHolds(t, c, eds, out)
+	if _, ok := eds.sub.ReturnedResources()["c"]; ok {
+		t.Errorf("removed c is still in ReturnedResources")
+	}
+	eds.ack(out)
+	eds.none()
+
+	mustUpdate(t, c, node.GRPC, services(abc))
+	if diff := cmp.Diff([]string{"c"}, names(eds.receive(), claName)); diff != "" {
+		t.Errorf("c back (-want +got):\n%s", diff)
+	}
+}
+
+// TestSotwFanOutAndCancel is for the race detector and the watch
+// guarantees, with enough watches that an Update answers them on several
+// goroutines: one response per watch, none after cancel has returned.
+func TestSotwFanOutAndCancel(t *testing.T) {
+	c := newCache(t, services(abc))
+	var (
+		wg        sync.WaitGroup
+		mu        sync.Mutex
+		cancelled []chan cachev3.Response
+	)
+	for i := range 100 {
+		wg.Go(func() {
+			sub := stream.NewSotwSubscription([]string{"a", "b"}, false)
+			version, nonce := "", ""
+			take := func(r cachev3.Response) {
+				sub.SetReturnedResources(r.GetReturnedResources())
+				version, nonce = r.GetResponseVersion(), version+nonce+"x"
+			}
+			for k := range 30 {
+				ch := make(chan cachev3.Response, 2)
+				req := &discoveryv3.DiscoveryRequest{Node: proxy(node.GRPC), TypeUrl: resourcev3.EndpointType,
+					ResourceNames: []string{"a", "b"}, VersionInfo: version, ResponseNonce: nonce}
+				cancel, err := c.CreateWatch(req, sub, ch)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if (i+k)%3 == 0 {
+					// Cancel without waiting, as a stream closing would.
+					cancel()
+					if len(ch) > 0 {
+						take(<-ch)
+					}
+					mu.Lock()
+					cancelled = append(cancelled, ch)
+					mu.Unlock()
+					continue
+				}
+				r := <-ch
+				cancel()
+				take(r)
+			}
+		})
+	}
+	done := make(chan struct{})
+	updated := make(chan struct{})
+	go func() {
+		defer close(updated)
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			ip := "10.0.1." + string(rune('0'+i%10))
+			if _, err := c.Update(node.GRPC, services(map[string]string{"a": ip, "b": "10.0.0.2"})); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(done)
+	<-updated
+	for _, ch := range cancelled {
+		if len(ch) != 0 {
+			t.Fatalf("a cancelled watch got %d responses after cancel returned", len(ch))
+		}
+	}
+}
