@@ -59,7 +59,9 @@ type Config struct {
 	MeshNamespace string
 	// HoldOff and MaxDelay tune the coalescing of config changes; zero
 	// means watcher.DefaultHoldOff and watcher.DefaultMaxDelay.
-	HoldOff, MaxDelay time.Duration
+	// EndpointHoldOff replaces HoldOff for changes to endpoints only; zero
+	// means watcher.DefaultEndpointHoldOff (at most HoldOff).
+	HoldOff, EndpointHoldOff, MaxDelay time.Duration
 	// ShutdownGrace bounds the wait for servers to stop. Default
 	// DefaultShutdownGrace.
 	ShutdownGrace time.Duration
@@ -156,7 +158,7 @@ func New(cfg Config) (_ *ControlPlane, err error) {
 	if cp.source == nil {
 		cp.source = &watcher.FileSource{
 			Dir:     cfg.ConfigDir,
-			HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay,
+			HoldOff: cfg.HoldOff, EndpointHoldOff: cfg.EndpointHoldOff, MaxDelay: cfg.MaxDelay,
 			Log:     cfg.Log.With("component", "file-source"),
 			OnError: func(error) { cp.metrics.configErrors.Inc() },
 			Memory:  cp.store,

@@ -70,7 +70,7 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 	src, err := watcher.NewKubeSource(ko.REST, watcher.KubeOptions{
 		NamespaceSelector: ko.NamespaceSelector,
 		MeshNamespace:     meshNS,
-		HoldOff:           cfg.HoldOff, MaxDelay: cfg.MaxDelay,
+		HoldOff:           cfg.HoldOff, EndpointHoldOff: cfg.EndpointHoldOff, MaxDelay: cfg.MaxDelay,
 		Log: cfg.Log.With("component", "kube-source"),
 	})
 	if err != nil {

@@ -89,7 +89,7 @@ type buildCounter struct {
 	n  int
 }
 
-func (b *buildCounter) build() { b.mu.Lock(); b.n++; b.mu.Unlock() }
+func (b *buildCounter) build(Burst) { b.mu.Lock(); b.n++; b.mu.Unlock() }
 func (b *buildCounter) count() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -181,7 +181,7 @@ func TestCoalescerTriggerDuringBuild(t *testing.T) {
 	clk := newFakeClock()
 	var c *Coalescer
 	var builds int
-	c = NewCoalescer(func() {
+	c = NewCoalescer(func(Burst) {
 		builds++
 		if builds == 2 {
 			// A change that lands while a build runs is not lost.
@@ -237,7 +237,7 @@ func TestCoalescerCustomWindows(t *testing.T) {
 // many goroutines end in a build.
 func TestCoalescerRealClock(t *testing.T) {
 	builds := make(chan struct{}, 100)
-	c := NewCoalescer(func() { builds <- struct{}{} },
+	c := NewCoalescer(func(Burst) { builds <- struct{}{} },
 		CoalesceOptions{HoldOff: time.Millisecond, MaxDelay: 5 * time.Millisecond})
 	defer c.Stop()
 	c.MarkSynced()

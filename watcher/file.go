@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -45,8 +46,10 @@ type FileSource struct {
 	// Dir is the directory to read.
 	Dir string
 	// HoldOff and MaxDelay tune the coalescing of changes; zero means the
-	// defaults (DefaultHoldOff, DefaultMaxDelay).
-	HoldOff, MaxDelay time.Duration
+	// defaults (DefaultHoldOff, DefaultMaxDelay). EndpointHoldOff replaces
+	// HoldOff when the changed files altered nothing but EndpointSlices;
+	// zero means DefaultEndpointHoldOff.
+	HoldOff, EndpointHoldOff, MaxDelay time.Duration
 	// Log defaults to slog.Default().
 	Log *slog.Logger
 	// OnError, if set, is called once for every configuration error found
@@ -79,22 +82,44 @@ type fileState struct {
 	goodData  []byte   // the bytes good was decoded from
 }
 
-// fileScan is the state of one Run, touched only by builds, which the
-// coalescer serialises.
+// fileScan is the state of one Run. Builds, which the coalescer serialises,
+// own everything but the fields under mu, which the event loop shares.
 type fileScan struct {
 	src       *FileSource
 	log       *slog.Logger
 	watcher   *fsnotify.Watcher
-	watched   map[string]bool
 	files     map[string]*fileState
+	paths     []string        // the keys of files, sorted; nil when they changed
+	scanned   bool            // a full scan has succeeded
 	dups      map[string]bool // duplicate reports already made
 	published *model.Snapshot
 	publish   func(*model.Snapshot)
+	// hold asks the coalescer to wait out the normal hold-off (Coalescer.Hold).
+	hold func()
 	// seeds is the last good content from the previous run, by relative
-	// path, used by the first build only; saved is what Memory holds.
-	seeds map[string][]byte
-	saved map[string][]byte
+	// path, used by the first build only; saved is what Memory holds, and
+	// unsaved says that the good content of some file may differ from it.
+	seeds   map[string][]byte
+	saved   map[string][]byte
+	unsaved bool
+
+	mu sync.Mutex
+	// watched are the watched directories.
+	watched map[string]bool
+	// dirty are the config file paths with events since the last build;
+	// rescan asks for a full scan instead.
+	dirty  map[string]bool
+	rescan bool
 }
+
+// change is what an event means for the next build.
+type change int
+
+const (
+	changeNone change = iota // nothing the source reads
+	changeFile               // a config file: re-read it
+	changeTree               // a directory or unknown change: rescan all
+)
 
 // Run implements Source. It fails at once if Dir cannot be read or watched;
 // later errors (a broken file, the directory vanishing) are logged and the
@@ -116,11 +141,8 @@ func (s *FileSource) Run(ctx context.Context, publish func(*model.Snapshot)) err
 		return fmt.Errorf("watching config dir %s: %w", s.Dir, err)
 	}
 	defer w.Close()
-	scan := &fileScan{
-		src: s, log: log, watcher: w, publish: publish,
-		watched: map[string]bool{}, files: map[string]*fileState{}, dups: map[string]bool{},
-	}
-	if err := scan.watch(s.Dir); err != nil {
+	scan := newFileScan(s, log, w, publish)
+	if err := scan.watch(scan.src.Dir); err != nil {
 		return err
 	}
 	if s.Memory != nil {
@@ -129,7 +151,8 @@ func (s *FileSource) Run(ctx context.Context, publish func(*model.Snapshot)) err
 		}
 		scan.saved = scan.seeds
 	}
-	c := NewCoalescer(scan.build, CoalesceOptions{HoldOff: s.HoldOff, MaxDelay: s.MaxDelay})
+	c := NewCoalescer(scan.build, CoalesceOptions{HoldOff: s.HoldOff, EndpointHoldOff: s.EndpointHoldOff, MaxDelay: s.MaxDelay})
+	scan.hold = c.Hold
 	defer c.Stop() // runs before w.Close: no build after Run returns
 	c.MarkSynced()
 	for {
@@ -143,15 +166,35 @@ func (s *FileSource) Run(ctx context.Context, publish func(*model.Snapshot)) err
 			if ev.Op == fsnotify.Chmod {
 				continue
 			}
-			c.Trigger()
+			switch scan.note(ev.Name) {
+			case changeFile:
+				// Possibly endpoints only; the build checks (fileScan.build).
+				c.TriggerEndpoints()
+			case changeTree:
+				c.Trigger()
+			}
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
 			}
 			// An overflowed event queue means changes were lost: rescan.
 			log.Warn("config dir watch error, rescanning", "dir", s.Dir, "error", err)
+			scan.mu.Lock()
+			scan.rescan = true
+			scan.mu.Unlock()
 			c.Trigger()
 		}
+	}
+}
+
+func newFileScan(s *FileSource, log *slog.Logger, w *fsnotify.Watcher, publish func(*model.Snapshot)) *fileScan {
+	// A clean Dir spells paths the way the walk and the events do.
+	src := *s
+	src.Dir = filepath.Clean(s.Dir)
+	return &fileScan{
+		src: &src, log: log, watcher: w, publish: publish, hold: func() {},
+		files: map[string]*fileState{}, dups: map[string]bool{}, unsaved: true,
+		watched: map[string]bool{}, dirty: map[string]bool{},
 	}
 }
 
@@ -159,8 +202,54 @@ func (f *fileScan) watch(dir string) error {
 	if err := f.watcher.Add(dir); err != nil {
 		return fmt.Errorf("watching config dir %s: %w", dir, err)
 	}
+	f.mu.Lock()
 	f.watched[dir] = true
+	f.mu.Unlock()
 	return nil
+}
+
+// note records the event on path p for the next build. A visible config
+// file is re-read on its own. A directory created, removed or renamed, the
+// config dir itself, and the "..data" swap of a mounted ConfigMap (whose
+// visible files are symlinks that do not change) need a full rescan. Other
+// names, editors' hidden temporary files among them, change nothing.
+func (f *fileScan) note(p string) change {
+	rel, err := filepath.Rel(f.src.Dir, p)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return f.noteRescan()
+	}
+	base := filepath.Base(p)
+	for _, part := range strings.Split(rel, string(filepath.Separator)) {
+		if strings.HasPrefix(part, ".") {
+			if strings.HasPrefix(base, "..") {
+				return f.noteRescan()
+			}
+			return changeNone
+		}
+	}
+	f.mu.Lock()
+	wasDir := f.watched[p]
+	f.mu.Unlock()
+	if wasDir {
+		return f.noteRescan()
+	}
+	if configFile(base) {
+		f.mu.Lock()
+		f.dirty[p] = true
+		f.mu.Unlock()
+		return changeFile
+	}
+	if st, err := os.Stat(p); err == nil && st.IsDir() {
+		return f.noteRescan()
+	}
+	return changeNone
+}
+
+func (f *fileScan) noteRescan() change {
+	f.mu.Lock()
+	f.rescan = true
+	f.mu.Unlock()
+	return changeTree
 }
 
 func (f *fileScan) reportError(msg string, err error, args ...any) {
@@ -170,15 +259,56 @@ func (f *fileScan) reportError(msg string, err error, args ...any) {
 	}
 }
 
-// build rescans the whole tree and publishes the result if it changed.
-// Rescanning rather than applying single events is simple and robust against
-// lost, reordered or coalesced events (renames by editors, ConfigMap symlink
-// swaps); unchanged files are recognised by their hash and not parsed again.
-func (f *fileScan) build() {
+// build brings the files up to date and publishes the result if it changed.
+// It re-reads only the files that had events, unless a directory changed or
+// events were lost: then it rescans the whole tree, which is robust against
+// lost, reordered or coalesced events (renames by editors, ConfigMap
+// symlink swaps); unchanged files are recognised by their hash and not
+// parsed again.
+//
+// The event loop cannot tell an endpoint change from a config change
+// without reading the file, so every file event comes as a possible
+// endpoint change. A build after the short endpoint hold-off that finds
+// more than EndpointSlices changed publishes nothing yet and holds the
+// burst for the normal hold-off, so that config edits stay batched.
+func (f *fileScan) build(b Burst) {
+	f.mu.Lock()
+	dirty, rescan := f.dirty, f.rescan
+	f.dirty, f.rescan = map[string]bool{}, false
+	f.mu.Unlock()
+	if rescan || !f.scanned || !f.update(dirty) {
+		if !f.scan() {
+			return
+		}
+	}
+	f.seeds = nil
+	f.remember()
+	snap := f.assemble(f.sortedPaths())
+	if f.published != nil && reflect.DeepEqual(f.published, snap) {
+		return
+	}
+	if b.Endpoints && !endpointsOnly(f.published, snap) {
+		f.hold()
+		return
+	}
+	f.published = snap
+	f.publish(snap)
+}
+
+// endpointsOnly says whether next differs from prev in EndpointSlices only.
+func endpointsOnly(prev, next *model.Snapshot) bool {
+	return prev != nil &&
+		reflect.DeepEqual(prev.Services, next.Services) &&
+		reflect.DeepEqual(prev.Policies, next.Policies) &&
+		reflect.DeepEqual(prev.Routes, next.Routes)
+}
+
+// scan reads the whole tree, reporting false if Dir cannot be read.
+func (f *fileScan) scan() bool {
 	paths, err := f.list()
 	if err != nil {
 		f.reportError("cannot read config dir, keeping the last config", err, "dir", f.src.Dir)
-		return
+		return false
 	}
 	present := map[string]bool{}
 	for _, p := range paths {
@@ -187,26 +317,84 @@ func (f *fileScan) build() {
 	}
 	for p := range f.files {
 		if !present[p] {
-			delete(f.files, p)
+			f.forget(p)
 		}
 	}
-	f.seeds = nil
-	f.remember()
-	snap := f.assemble(paths)
-	if f.published != nil && reflect.DeepEqual(f.published, snap) {
+	f.paths = paths
+	f.scanned = true
+	return true
+}
+
+// update re-reads the config files with events. It reports false, having
+// changed nothing, when one of them turns out to be a directory, or is gone
+// without its directory being watched, which only a full scan can sort out.
+func (f *fileScan) update(dirty map[string]bool) bool {
+	type found struct {
+		path string
+		file bool // a regular file (or a symlink to one); else gone or other
+	}
+	var todo []found
+	for p := range dirty {
+		st, err := os.Stat(p)
+		switch {
+		case err == nil && st.IsDir():
+			return false
+		case err == nil:
+			todo = append(todo, found{p, st.Mode().IsRegular()})
+		case errors.Is(err, fs.ErrNotExist):
+			f.mu.Lock()
+			parentWatched := f.watched[filepath.Dir(p)]
+			f.mu.Unlock()
+			if !parentWatched {
+				return false
+			}
+			todo = append(todo, found{p, false})
+		default:
+			return false
+		}
+	}
+	for _, t := range todo {
+		if t.file {
+			f.read(t.path)
+		} else {
+			f.forget(t.path)
+		}
+	}
+	return true
+}
+
+// forget drops a file that is gone.
+func (f *fileScan) forget(p string) {
+	st, ok := f.files[p]
+	if !ok {
 		return
 	}
-	f.published = snap
-	f.publish(snap)
+	delete(f.files, p)
+	f.paths = nil
+	if st.good != nil {
+		f.unsaved = true
+	}
+}
+
+func (f *fileScan) sortedPaths() []string {
+	if f.paths == nil {
+		f.paths = slices.Sorted(maps.Keys(f.files))
+	}
+	return f.paths
 }
 
 // list returns the config files under Dir, sorted, and makes sure every
 // directory is watched before its files are read, so that a file created
-// in a new directory is either listed now or causes an event.
+// in a new directory is either listed now or causes an event. Directories
+// gone from the tree lose their watch first: a directory renamed within the
+// tree is watched again under its new name.
 func (f *fileScan) list() ([]string, error) {
 	for {
 		var files, newDirs []string
 		dirs := map[string]bool{}
+		f.mu.Lock()
+		watched := maps.Clone(f.watched)
+		f.mu.Unlock()
 		err := filepath.WalkDir(f.src.Dir, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				if p == f.src.Dir {
@@ -223,7 +411,7 @@ func (f *fileScan) list() ([]string, error) {
 			}
 			if d.IsDir() {
 				dirs[p] = true
-				if !f.watched[p] {
+				if !watched[p] {
 					newDirs = append(newDirs, p)
 				}
 				return nil
@@ -244,9 +432,14 @@ func (f *fileScan) list() ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		for d := range f.watched {
+		for d := range watched {
 			if !dirs[d] {
-				delete(f.watched, d) // the kernel dropped the watch with the directory
+				// Usually the kernel dropped the watch with the directory;
+				// after a rename it still follows it under the old name.
+				_ = f.watcher.Remove(d)
+				f.mu.Lock()
+				delete(f.watched, d)
+				f.mu.Unlock()
 			}
 		}
 		if len(newDirs) == 0 {
@@ -256,7 +449,9 @@ func (f *fileScan) list() ([]string, error) {
 		for _, d := range newDirs {
 			if err := f.watch(d); err != nil {
 				f.reportError("cannot watch config subdirectory", err, "dir", d)
+				f.mu.Lock()
 				f.watched[d] = true // do not retry on every build
+				f.mu.Unlock()
 			}
 		}
 	}
@@ -276,6 +471,7 @@ func (f *fileScan) read(p string) {
 	if st == nil {
 		st = &fileState{firstSeen: time.Now()}
 		f.files[p] = st
+		f.paths = nil
 	}
 	data, err := os.ReadFile(p)
 	if err != nil {
@@ -304,6 +500,7 @@ func (f *fileScan) read(p string) {
 			"path", p, "document", r.Document, "apiVersion", r.APIVersion, "kind", r.Kind, "object", r.Key.String())
 	}
 	st.good, st.goodData = objs, data
+	f.unsaved = true
 }
 
 // recall gives a file that is broken at startup the content it had when it
@@ -320,11 +517,12 @@ func (f *fileScan) recall(p string, st *fileState) {
 	}
 	f.log.Warn("using the last good content from the previous run", "path", p)
 	st.good, st.goodData = objs, seed
+	f.unsaved = true
 }
 
 // remember hands the good content of every file to Memory when it changed.
 func (f *fileScan) remember() {
-	if f.src.Memory == nil {
+	if f.src.Memory == nil || !f.unsaved {
 		return
 	}
 	good := map[string][]byte{}
@@ -334,13 +532,14 @@ func (f *fileScan) remember() {
 		}
 	}
 	if maps.EqualFunc(good, f.saved, bytes.Equal) {
+		f.unsaved = false
 		return
 	}
 	if err := f.src.Memory.SaveFiles(good); err != nil {
 		f.reportError("cannot save the files' last good content", err, "dir", f.src.Dir)
 		return
 	}
-	f.saved = good
+	f.saved, f.unsaved = good, false
 }
 
 func (f *fileScan) rel(p string) string {

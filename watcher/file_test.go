@@ -321,19 +321,17 @@ func TestFileScanRebuildWithoutChange(t *testing.T) {
 	}
 	defer w.Close()
 	var published int
-	f := &fileScan{
-		src: &FileSource{Dir: dir}, log: slog.New(slog.DiscardHandler), watcher: w,
-		watched: map[string]bool{}, files: map[string]*fileState{}, dups: map[string]bool{},
-		publish: func(*model.Snapshot) { published++ },
-	}
-	f.build()
+	f := newFileScan(&FileSource{Dir: dir}, slog.New(slog.DiscardHandler), w, func(*model.Snapshot) { published++ })
+	f.build(Burst{})
 	write(t, filepath.Join(dir, "echo.yaml"), echoService)
-	f.build()
+	f.note(filepath.Join(dir, "echo.yaml"))
+	f.build(Burst{})
 	if published != 1 {
 		t.Fatalf("%d publishes, want 1", published)
 	}
 	write(t, filepath.Join(dir, "echo.yaml"), strings.Replace(echoService, "50051", "50052", 1))
-	f.build()
+	f.note(filepath.Join(dir, "echo.yaml"))
+	f.build(Burst{})
 	if published != 2 {
 		t.Fatalf("%d publishes after a change, want 2", published)
 	}

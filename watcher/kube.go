@@ -59,8 +59,10 @@ type KubeOptions struct {
 	// the mesh-wide defaults live there; its Services are not.
 	MeshNamespace string
 	// HoldOff and MaxDelay tune the coalescing of events; zero means the
-	// defaults (DefaultHoldOff, DefaultMaxDelay).
-	HoldOff, MaxDelay time.Duration
+	// defaults (DefaultHoldOff, DefaultMaxDelay). EndpointHoldOff replaces
+	// HoldOff when only EndpointSlices and Pods changed; zero means
+	// DefaultEndpointHoldOff.
+	HoldOff, EndpointHoldOff, MaxDelay time.Duration
 	// Log defaults to slog.Default().
 	Log *slog.Logger
 }
@@ -83,12 +85,12 @@ type KubeOptions struct {
 // The StatusWriter shares the source's caches, and writes only on the
 // leader.
 type KubeSource struct {
-	cluster           cluster.Cluster
-	selector          labels.Selector
-	meshNS            string
-	holdOff, maxDelay time.Duration
-	log               *slog.Logger
-	ran               atomic.Bool
+	cluster  cluster.Cluster
+	selector labels.Selector
+	meshNS   string
+	coalesce CoalesceOptions
+	log      *slog.Logger
+	ran      atomic.Bool
 }
 
 // NewKubeSource connects to the API server described by cfg. It fails on an
@@ -135,7 +137,8 @@ func NewKubeSource(cfg *rest.Config, o KubeOptions) (*KubeSource, error) {
 	}
 	return &KubeSource{
 		cluster: cl, selector: sel, meshNS: o.MeshNamespace,
-		holdOff: o.HoldOff, maxDelay: o.MaxDelay, log: log,
+		coalesce: CoalesceOptions{HoldOff: o.HoldOff, EndpointHoldOff: o.EndpointHoldOff, MaxDelay: o.MaxDelay},
+		log:      log,
 	}, nil
 }
 
@@ -197,7 +200,7 @@ func (s *KubeSource) Run(ctx context.Context, publish func(*model.Snapshot)) err
 		return fmt.Errorf("kubernetes source: %w", err)
 	}
 	b := &kubeBuild{src: s, ctx: ctx, publish: publish, routes: routes, reported: map[model.Key]string{}}
-	co := NewCoalescer(b.build, CoalesceOptions{HoldOff: s.holdOff, MaxDelay: s.maxDelay})
+	co := NewCoalescer(func(Burst) { b.build() }, s.coalesce)
 	defer co.Stop()
 	watched := required()
 	for kind := range routes {
@@ -208,7 +211,11 @@ func (s *KubeSource) Run(ctx context.Context, publish func(*model.Snapshot)) err
 		if err != nil {
 			return fmt.Errorf("watching %T: %w", obj, hintCRD(obj, err))
 		}
-		if _, err := inf.AddEventHandler(changeHandler(co.Trigger)); err != nil {
+		trigger := co.Trigger
+		if endpointKind(obj) {
+			trigger = co.TriggerEndpoints
+		}
+		if _, err := inf.AddEventHandler(changeHandler(trigger)); err != nil {
 			return fmt.Errorf("watching %T: %w", obj, err)
 		}
 	}
@@ -237,6 +244,18 @@ func (s *KubeSource) Run(ctx context.Context, publish func(*model.Snapshot)) err
 		return fmt.Errorf("kubernetes source: %w", err)
 	}
 	return nil
+}
+
+// endpointKind says whether the events of a kind can change nothing but the
+// snapshot's EndpointSlices: the slices themselves, and the pods, which are
+// read only to name the workload and service account behind each endpoint.
+// Those events take the coalescer's short endpoint hold-off.
+func endpointKind(obj client.Object) bool {
+	switch obj.(type) {
+	case *discoveryv1.EndpointSlice, *corev1.Pod:
+		return true
+	}
+	return false
 }
 
 // hintCRD says what to do when ResiliencePolicies cannot be watched because

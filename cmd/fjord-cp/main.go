@@ -63,6 +63,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.MeshNamespace, "namespace", policy.DefaultMeshNamespace, "the control plane's namespace: policies there without targetRefs are mesh-wide defaults")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.DurationVar(&cfg.HoldOff, "debounce", watcher.DefaultHoldOff, "how long config changes must be quiet before a rebuild")
+	fs.DurationVar(&cfg.EndpointHoldOff, "endpoint-debounce", watcher.DefaultEndpointHoldOff, "how long changes to endpoints only (EndpointSlices, pods) must be quiet before a rebuild; default capped at --debounce")
 	fs.BoolVar(&cfg.Translate.MTLS, "mtls", false, "serve clusters and gRPC server listeners with mutual TLS through the workloads' identity agents")
 	fs.DurationVar(&cfg.MaxDelay, "max-delay", watcher.DefaultMaxDelay, "longest a config change waits for a rebuild under a stream of changes")
 	fs.Usage = func() {
@@ -89,8 +90,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fjord-cp: %v\n", err)
 		return 2
 	}
-	if cfg.HoldOff <= 0 || cfg.MaxDelay < cfg.HoldOff {
-		fmt.Fprintf(stderr, "fjord-cp: want 0 < --debounce (%s) <= --max-delay (%s)\n", cfg.HoldOff, cfg.MaxDelay)
+	if err := checkDebounce(fs, &cfg); err != nil {
+		fmt.Fprintf(stderr, "fjord-cp: %v\n", err)
 		return 2
 	}
 	cfg.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
@@ -152,6 +153,22 @@ func checkCAIssuer(kube controlplane.KubeOptions) error {
 		}
 	default:
 		return fmt.Errorf("--ca-issuer %q: want %s or %s", kube.CAIssuer, controlplane.CAIssuerBuiltin, controlplane.CAIssuerCertManager)
+	}
+	return nil
+}
+
+// checkDebounce checks the coalescing windows. An --endpoint-debounce left
+// at its default follows a shorter --debounce down, so that lowering
+// --debounce alone still works.
+func checkDebounce(fs *flag.FlagSet, cfg *controlplane.Config) error {
+	if cfg.HoldOff <= 0 || cfg.MaxDelay < cfg.HoldOff {
+		return fmt.Errorf("want 0 < --debounce (%s) <= --max-delay (%s)", cfg.HoldOff, cfg.MaxDelay)
+	}
+	if !set(fs, "endpoint-debounce") {
+		cfg.EndpointHoldOff = min(cfg.EndpointHoldOff, cfg.HoldOff)
+	}
+	if cfg.EndpointHoldOff <= 0 || cfg.EndpointHoldOff > cfg.HoldOff {
+		return fmt.Errorf("want 0 < --endpoint-debounce (%s) <= --debounce (%s)", cfg.EndpointHoldOff, cfg.HoldOff)
 	}
 	return nil
 }

@@ -48,6 +48,10 @@ func TestFlagErrors(t *testing.T) {
 		"stray argument": {[]string{"--config-dir", "c", "--data-dir", "d", "extra"}, `unexpected arguments ["extra"]`},
 		"debounce above max delay": {[]string{"--config-dir", "c", "--data-dir", "d", "--debounce", "2s", "--max-delay", "1s"},
 			"--debounce (2s) <= --max-delay (1s)"},
+		"endpoint debounce above debounce": {[]string{"--config-dir", "c", "--data-dir", "d", "--debounce", "10ms", "--endpoint-debounce", "20ms"},
+			"want 0 < --endpoint-debounce (20ms) <= --debounce (10ms)"},
+		"zero endpoint debounce": {[]string{"--config-dir", "c", "--data-dir", "d", "--endpoint-debounce", "0s"},
+			"want 0 < --endpoint-debounce (0s) <= --debounce (100ms)"},
 		"CA issuer in standalone mode": {[]string{"--config-dir", "c", "--data-dir", "d", "--ca-issuer", "cert-manager"},
 			"--ca-issuer is for Kubernetes mode"},
 		"token audience in standalone mode": {[]string{"--config-dir", "c", "--data-dir", "d", "--token-audience", "x"},
@@ -107,13 +111,16 @@ func TestMissingConfigDirFails(t *testing.T) {
 	}
 }
 
+// TestRunsUntilCancelled also sets --debounce below the default
+// --endpoint-debounce, which then follows it down rather than failing.
 func TestRunsUntilCancelled(t *testing.T) {
 	var stderr lockedBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"--config-dir", filepath.Join("..", "..", "examples", "config"), "--data-dir", t.TempDir(),
-			"--xds-address", "127.0.0.1:0", "--secure-address", "127.0.0.1:0", "--monitoring-address", "127.0.0.1:0", "--log-level", "debug"}, &stderr)
+			"--xds-address", "127.0.0.1:0", "--secure-address", "127.0.0.1:0", "--monitoring-address", "127.0.0.1:0", "--log-level", "debug",
+			"--debounce", "2ms"}, &stderr)
 	}()
 	deadline := time.Now().Add(60 * time.Second)
 	for !strings.Contains(stderr.String(), "config built") {
