@@ -80,14 +80,14 @@ func fresh(r *translate.Resources) *translate.Resources {
 
 // proxyClient is one simulated proxy's endpoint watch.
 type proxyClient interface {
-	// drain takes a pending response, if any, ACKs it and reports whether
-	// there was one.
-	drain() bool
+	// drain takes a pending response, if any, ACKs it and reports the
+	// size of the response (0 if there was none).
+	drain() int
 }
 
 type sotwProxy struct{ *sotwClient }
 
-func (p sotwProxy) drain() bool {
+func (p sotwProxy) drain() int {
 	select {
 	case r := <-p.ch:
 		out, _ := r.GetDiscoveryResponse()
@@ -95,24 +95,25 @@ func (p sotwProxy) drain() bool {
 		p.nonce = fmt.Sprint(p.sent)
 		p.sub.SetReturnedResources(r.GetReturnedResources())
 		p.ack(out)
-		return true
+		return proto.Size(out)
 	default:
-		return false
+		return 0
 	}
 }
 
 type deltaProxy struct{ *deltaClient }
 
-func (p deltaProxy) drain() bool {
+func (p deltaProxy) drain() int {
 	select {
 	case r := <-p.ch:
+		out, _ := r.GetDeltaDiscoveryResponse()
 		p.sent++
 		p.nonce = fmt.Sprint(p.sent)
 		p.sub.SetReturnedResources(r.GetReturnedResources())
 		p.ack()
-		return true
+		return proto.Size(out)
 	default:
-		return false
+		return 0
 	}
 }
 
@@ -120,6 +121,8 @@ func (p deltaProxy) drain() bool {
 // connected proxies of one kind over 1,000 services: Update (validate,
 // serialise and hash every resource, diff, build the responses of the
 // affected watches) plus each affected proxy's ACK opening its next watch.
+// B-sent/push is the mean size of a response, what each affected proxy is
+// sent.
 //
 //   - grpc: state-of-the-world, each proxy watching the load assignments of
 //     10 services (a proxyless client's handful of dependencies);
@@ -171,7 +174,7 @@ func BenchmarkUpdateOneEndpoint(b *testing.B) {
 				flip := [2]*translate.Resources{fresh(base), fresh(base)}
 				flip[1].Endpoints[0] = loadAssignment(svcName(0), "10.255.255.1")
 
-				pushes := 0
+				pushes, sent := 0, 0
 				b.ReportAllocs()
 				b.ResetTimer()
 				for i := range b.N {
@@ -180,12 +183,16 @@ func BenchmarkUpdateOneEndpoint(b *testing.B) {
 					b.StartTimer()
 					mustUpdate(b, c, node.GRPC, in)
 					for _, p := range clients {
-						if p.drain() {
+						if n := p.drain(); n > 0 {
 							pushes++
+							sent += n
 						}
 					}
 				}
 				b.ReportMetric(float64(pushes)/float64(b.N), "pushes/op")
+				if pushes > 0 {
+					b.ReportMetric(float64(sent)/float64(pushes), "B-sent/push")
+				}
 			})
 		}
 	}
