@@ -180,10 +180,17 @@ func (c callbacks) OnStreamClosed(id int64, _ *corev3.Node) {
 	c.s.closed(streamKey{secure: c.secure(), id: id})
 }
 
-// OnStreamRequest checks the identity of a state-of-the-world request and
-// records NACKs.
+// OnStreamRequest checks the identity of a state-of-the-world request,
+// records NACKs and interns the names it subscribes to. go-control-plane
+// calls it before it reads the names into the stream's subscription and
+// hands the request to the cache, so both keep the shared copies. Only an
+// accepted request's names enter the table.
 func (c callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
-	return c.s.request(streamKey{secure: c.secure(), id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
+	if err := c.s.request(streamKey{secure: c.secure(), id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail()); err != nil {
+		return err
+	}
+	c.s.names.strings(req.ResourceNames)
+	return nil
 }
 
 // OnStreamResponse counts a state-of-the-world push.
@@ -202,10 +209,17 @@ func (c callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
 	c.s.closed(streamKey{secure: c.secure(), delta: true, id: id})
 }
 
-// OnStreamDeltaRequest checks the identity of a delta request and records
-// NACKs.
+// OnStreamDeltaRequest checks the identity of a delta request, records
+// NACKs and interns its names and initial versions, before go-control-plane
+// applies them to the stream's subscription (as OnStreamRequest).
 func (c callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-	return c.s.request(streamKey{secure: c.secure(), delta: true, id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
+	if err := c.s.request(streamKey{secure: c.secure(), delta: true, id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail()); err != nil {
+		return err
+	}
+	c.s.names.strings(req.ResourceNamesSubscribe)
+	c.s.names.strings(req.ResourceNamesUnsubscribe)
+	req.InitialResourceVersions = c.s.names.versions(req.InitialResourceVersions)
+	return nil
 }
 
 // OnStreamDeltaResponse counts a delta push.

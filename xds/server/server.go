@@ -33,6 +33,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	stop    context.CancelFunc
+	names   *interner
 
 	mu      sync.Mutex
 	streams map[streamKey]*stream
@@ -49,6 +50,7 @@ func New(c *cache.Cache, reg prometheus.Registerer, log *slog.Logger) *Server {
 		log:     log,
 		metrics: newMetrics(reg),
 		stop:    stop,
+		names:   newInterner(internLimit),
 		streams: map[streamKey]*stream{},
 	}
 	s.xds = s.newXDS(callbacks{s: s})
@@ -57,7 +59,7 @@ func New(c *cache.Cache, reg prometheus.Registerer, log *slog.Logger) *Server {
 
 // newXDS is a go-control-plane server over the cache reporting to cb. Each
 // port has its own, so its callbacks know how the stream came in.
-func (s *Server) newXDS(cb callbacks) serverv3.Server {
+func (s *Server) newXDS(cb serverv3.Callbacks) serverv3.Server {
 	log := s.log
 	return serverv3.NewServer(s.ctx, s.cache, cb,
 		// One response channel per ADS stream, so a change reaches the proxy
