@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"log/slog"
+	"maps"
 	"runtime"
 	"slices"
 	"strconv"
@@ -552,10 +554,24 @@ func contentVersion(b []byte) string {
 func setVersion(sorted []*entry) string {
 	h := sha256.New()
 	for _, e := range sorted {
-		h.Write([]byte(e.name))
-		h.Write([]byte{0})
-		h.Write([]byte(e.version))
-		h.Write([]byte{0})
+		hashPair(h, e.name, e.version)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// mapVersion is setVersion of a ReturnedResources map: the version of the
+// response that produced it, if the subscription has not shrunk since.
+func mapVersion(known map[string]string) string {
+	h := sha256.New()
+	for _, name := range slices.Sorted(maps.Keys(known)) {
+		hashPair(h, name, known[name])
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+func hashPair(h hash.Hash, name, version string) {
+	h.Write([]byte(name))
+	h.Write([]byte{0})
+	h.Write([]byte(version))
+	h.Write([]byte{0})
 }

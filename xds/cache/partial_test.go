@@ -186,9 +186,10 @@ func TestSotwAfterNACKTheWholeSelection(t *testing.T) {
 	}
 }
 
-// A subscription that grows is answered with the whole selection when the
-// new name exists; when it does not yet, the watch waits, and the change
-// that creates it sends the new resource with whatever else changed.
+// A subscription that grows after an ACK is answered with what the client
+// lacks: the client holds what it acknowledged. When the new name does not
+// exist yet, the watch waits, and the change that creates it sends the new
+// resource with whatever else changed.
 func TestSotwGrowingSubscription(t *testing.T) {
 	c := newCache(t, services(abc))
 	eds := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
@@ -208,7 +209,7 @@ func TestSotwGrowingSubscription(t *testing.T) {
 
 	eds.request([]string{"a", "b", "c", "d"}, "")
 	out = eds.receive()
-	if diff := cmp.Diff([]string{"a", "b", "c", "d"}, names(out, claName)); diff != "" {
+	if diff := cmp.Diff([]string{"c"}, names(out, claName)); diff != "" {
 		t.Errorf("grown by an existing name (-want +got):\n%s", diff)
 	}
 	checkHolds(t, c, eds, out)
@@ -231,6 +232,48 @@ func TestSotwGrowingSubscription(t *testing.T) {
 	if diff := cmp.Diff([]string{"a"}, names(eds.receive(), claName)); diff != "" {
 		t.Errorf("second change after shrinking (-want +got):\n%s", diff)
 	}
+}
+
+// A change that lands between a response and its ACK is sent when the ACK
+// comes, alone.
+func TestSotwChangeBeforeACKSendsOnlyIt(t *testing.T) {
+	c := newCache(t, services(abc))
+	eds := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
+	eds.request([]string{"a", "b", "c"}, "")
+	eds.ack(eds.receive())
+
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.20", "c": "10.0.0.3"}))
+	first := eds.receive()
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.20", "c": "10.0.0.30"}))
+	eds.ack(first)
+	out := eds.receive()
+	if diff := cmp.Diff([]string{"c"}, names(out, claName)); diff != "" {
+		t.Errorf("change before the ACK (-want +got):\n%s", diff)
+	}
+	checkHolds(t, c, eds, out)
+	eds.ack(out)
+	eds.none()
+}
+
+// A request after a NACK that changes the subscription carries no
+// error_detail but the version before the rejected one: what the client
+// holds is unknown, so it gets the whole selection.
+func TestSotwSubscriptionChangeAfterNACK(t *testing.T) {
+	c := newCache(t, services(abc))
+	eds := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
+	eds.request([]string{"a", "b"}, "")
+	eds.ack(eds.receive())
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.10", "b": "10.0.0.2", "c": "10.0.0.3"}))
+	eds.receive()
+	eds.request(eds.names, "a rejected")
+	eds.none()
+
+	eds.request([]string{"a", "b", "c"}, "")
+	out := eds.receive()
+	if diff := cmp.Diff([]string{"a", "b", "c"}, names(out, claName)); diff != "" {
+		t.Errorf("grown after a NACK (-want +got):\n%s", diff)
+	}
+	checkHolds(t, c, eds, out)
 }
 
 // A client on a new stream holds what its version_info says, nothing else

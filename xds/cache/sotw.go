@@ -235,18 +235,27 @@ var partialTypes = [numTypes]bool{endpointType: true, routeType: true}
 //     version, and sending the rejected content again would only be rejected
 //     again, in a loop, until the content changes.
 //
-// The response carries only the resources in changed (the names the Update
-// that woke the watch changed) when the type allows it (partialTypes) and
-// w.current holds: the client is known to hold exactly the selection the
-// watch was last found up to date with, because its request acknowledged
-// that selection's version (see watch.current). Every other response (first
-// request, grown subscription, reconnect with a version this set does not
-// have, NACK) carries the whole selection. Either way version_info is the
-// version of the whole selection and ReturnedResources maps all of it, which
-// is what the client holds after applying the response: a partial response
-// brings exactly the changed resources up to date, and resources that no
-// longer exist, which state of the world cannot remove for these types, are
-// left out of the map.
+// For the types that allow it (partialTypes) the response carries only what
+// the client lacks, whenever what it holds is proven:
+//   - w.current: the request acknowledged the selection's version when the
+//     watch was checked, and every Update since has been checked against
+//     it, so the client lacks exactly the resources in changed (the names
+//     the Update that woke the watch changed). This is the endpoint flip:
+//     work and bytes proportional to the change, not to the subscription.
+//   - the request is an ACK (no error_detail, a nonce) of the response that
+//     produced ReturnedResources: its version_info is the version of that
+//     map. The client then holds exactly the map, and lacks the resources
+//     of the selection whose version differs from it: a change that landed
+//     between a response and its ACK, or names added to the subscription.
+//
+// Everything else carries the whole selection: a first request, a
+// reconnect (a new stream knows nothing of the client but its version), a
+// NACK (Envoy rejects the whole response, grpc-go only the bad resources, so
+// what the client holds is unknown) or a request after a shrunk
+// subscription. Either way version_info is the version of the whole
+// selection and ReturnedResources maps all of it, which is what the client
+// holds after applying the response; resources that no longer exist, which
+// state of the world cannot remove for these types, are left out of it.
 //
 // It runs under w.mu (or before the watch is registered); it reads w.sub,
 // which the server changes only after cancel has returned.
@@ -267,7 +276,24 @@ func (w *watch) sotwRespond(ts *typeSnapshot, changed map[string]struct{}) cache
 	if (len(known) > 0 || req.GetResponseNonce() != "") && sameVersions(known, sel.entries) {
 		return nil
 	}
+	if partialTypes[w.t] && req.GetErrorDetail() == nil && req.GetResponseNonce() != "" &&
+		len(known) > 0 && mapVersion(known) == req.GetVersionInfo() {
+		return newSotwResponse(req, sel, differingPayloads(sel, known))
+	}
 	return newSotwResponse(req, sel, sel.payloads)
+}
+
+// differingPayloads is what a partial response to a client holding known
+// carries: the resources of the selection it lacks or holds another version
+// of.
+func differingPayloads(sel *selection, known map[string]string) []*anypb.Any {
+	var payloads []*anypb.Any
+	for _, e := range sel.entries {
+		if v, ok := known[e.name]; !ok || v != e.version {
+			payloads = append(payloads, e.any)
+		}
+	}
+	return payloads
 }
 
 // changedPayloads is what a partial response carries: the resources among
