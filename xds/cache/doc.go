@@ -5,5 +5,8 @@
 // wakes only the watches whose resources actually changed, so identical
 // translator output never reaches a proxy. Update replaces a kind's whole
 // set; Patch changes a few resources of it (the endpoint fast path), with
-// the same validation, versions and wake-ups.
+// the same validation, versions and wake-ups. State-of-the-world responses
+// for load assignments and route configurations carry only what a client
+// is proven to lack (see sotwRespond), and the responses an Update wakes
+// are built and sent in parallel, outside the cache lock (see fanOut).
 package cache
