@@ -175,7 +175,7 @@ func (cp *ControlPlane) newIdentity() (_ *identity, err error) {
 	if err != nil {
 		return nil, err
 	}
-	id.secure = grpc.NewServer(append(server.GRPCOptions(), grpc.Creds(credentials.NewTLS(id.serving.TLSConfig())))...)
+	id.secure = grpc.NewServer(append(server.TLSGRPCOptions(), grpc.Creds(credentials.NewTLS(id.serving.TLSConfig())))...)
 	certSrv.Register(id.secure)
 	cp.xds.RegisterAuthenticated(id.secure, cfg.TrustDomain)
 

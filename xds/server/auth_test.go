@@ -35,7 +35,7 @@ type secureControlPlane struct {
 	ca *certs.CA
 }
 
-func newCA(t *testing.T) *certs.CA {
+func newCA(t testing.TB) *certs.CA {
 	t.Helper()
 	st, err := store.Open(t.TempDir())
 	if err != nil {
@@ -49,7 +49,7 @@ func newCA(t *testing.T) *certs.CA {
 	return ca
 }
 
-func startSecureControlPlane(t *testing.T) *secureControlPlane {
+func startSecureControlPlane(t testing.TB) *secureControlPlane {
 	t.Helper()
 	ca := newCA(t)
 	serving, err := certs.NewServing(ca, certs.ServingOptions{
@@ -64,7 +64,7 @@ func startSecureControlPlane(t *testing.T) *secureControlPlane {
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	cp := &controlPlane{cache: cache.New(log), reg: prometheus.NewRegistry(), logs: logs}
 	xds := server.New(cp.cache, cp.reg, log)
-	g := grpc.NewServer(append(server.GRPCOptions(), grpc.Creds(credentials.NewTLS(serving.TLSConfig())))...)
+	g := grpc.NewServer(append(server.TLSGRPCOptions(), grpc.Creds(credentials.NewTLS(serving.TLSConfig())))...)
 	xds.RegisterAuthenticated(g, certs.DefaultTrustDomain)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -85,7 +85,7 @@ func startSecureControlPlane(t *testing.T) *secureControlPlane {
 
 // leaf issues a client certificate for id from ca, as the certificate API
 // would for the workload's own key.
-func leaf(t *testing.T, ca *certs.CA, id certs.Identity) *tls.Certificate {
+func leaf(t testing.TB, ca *certs.CA, id certs.Identity) *tls.Certificate {
 	t.Helper()
 	key, err := certs.GenerateKey()
 	if err != nil {
@@ -112,7 +112,7 @@ func leaf(t *testing.T, ca *certs.CA, id certs.Identity) *tls.Certificate {
 
 // dialTLS connects to the secure port trusting cp's CA, presenting client
 // (none if nil).
-func (cp *secureControlPlane) dialTLS(t *testing.T, client *tls.Certificate) *grpc.ClientConn {
+func (cp *secureControlPlane) dialTLS(t testing.TB, client *tls.Certificate) *grpc.ClientConn {
 	t.Helper()
 	roots := x509.NewCertPool()
 	for _, c := range cp.ca.Bundle() {

@@ -100,7 +100,7 @@ func (cp *controlPlane) dial(t *testing.T) *grpc.ClientConn {
 }
 
 // metric reads one sample of a metric family from the registry.
-func (cp *controlPlane) metric(t *testing.T, name, label, value string) float64 {
+func (cp *controlPlane) metric(t testing.TB, name, label, value string) float64 {
 	t.Helper()
 	families, err := cp.reg.Gather()
 	if err != nil {
@@ -133,7 +133,7 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 }
 
 // eventually polls cond until it holds or the wait runs out.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitFor)
 	for !cond() {

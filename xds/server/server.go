@@ -116,7 +116,8 @@ func (s *Server) Close() {
 	s.stop()
 }
 
-// GRPCOptions are the gRPC server options xDS serving needs.
+// GRPCOptions are the gRPC server options xDS serving needs on a plaintext
+// port (TLSGRPCOptions on a TLS one).
 //
 // Keepalive: the server pings an idle connection after 30 s and drops it if
 // no answer comes within 10 s, so a proxy that vanished (node lost, network
@@ -138,4 +139,17 @@ func GRPCOptions() []grpc.ServerOption {
 			Timeout: 10 * time.Second,
 		}),
 	}
+}
+
+// TLSGRPCOptions are GRPCOptions for a port whose connections are TLS. They
+// turn off gRPC's 32 KB read buffer, which every connection would otherwise
+// keep for its life: gRPC pools that buffer only on plain TCP connections,
+// and on a TLS one crypto/tls already holds each record it decrypts, so the
+// buffer would only copy records a second time. Without it a connected
+// proxy costs about 33 KB less (BenchmarkSecureStreamMemory); the price is a
+// few more Read calls per frame, served from the record crypto/tls holds, for
+// requests that are small and few. Writes need no such option: gRPC shares
+// its write buffers between connections.
+func TLSGRPCOptions() []grpc.ServerOption {
+	return append(GRPCOptions(), grpc.ReadBufferSize(0))
 }
