@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"hash"
 	"log/slog"
 	"maps"
 	"runtime"
@@ -552,9 +551,14 @@ func contentVersion(b []byte) string {
 // by name: a hash over their (name, version) pairs. A client that already
 // acknowledged it holds exactly this content.
 func setVersion(sorted []*entry) string {
+	// The writes stay inline: through a helper taking a hash.Hash, every
+	// string conversion would allocate.
 	h := sha256.New()
 	for _, e := range sorted {
-		hashPair(h, e.name, e.version)
+		h.Write([]byte(e.name))
+		h.Write([]byte{0})
+		h.Write([]byte(e.version))
+		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }
@@ -564,14 +568,10 @@ func setVersion(sorted []*entry) string {
 func mapVersion(known map[string]string) string {
 	h := sha256.New()
 	for _, name := range slices.Sorted(maps.Keys(known)) {
-		hashPair(h, name, known[name])
+		h.Write([]byte(name))
+		h.Write([]byte{0})
+		h.Write([]byte(known[name]))
+		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
-}
-
-func hashPair(h hash.Hash, name, version string) {
-	h.Write([]byte(name))
-	h.Write([]byte{0})
-	h.Write([]byte(version))
-	h.Write([]byte{0})
 }
