@@ -22,6 +22,11 @@ type ExternalOptions struct {
 	LeafTTL time.Duration
 	// Skew is added to every overlap. Default DefaultSkew.
 	Skew time.Duration
+	// Storage keeps the overlap state (retiring roots, the held-back
+	// intermediate's certificates and when it signs) across restarts, and
+	// shares it between replicas; nil keeps it in memory only. It never
+	// holds a private key. With a Storage, Restore must run before Load.
+	Storage Storage
 	// Clock defaults to the wall clock.
 	Clock clock.WithTicker
 	// Log defaults to slog.Default().
@@ -41,6 +46,14 @@ type ExternalOptions struct {
 // trusted until one overlap after the switch, when no leaf they signed is
 // valid any more. That is the built-in CA's rotation rule, applied to
 // changes Fjord does not schedule itself.
+//
+// With a Storage, that state survives a restart: the retiring roots stay
+// until their time and later renewals are held back by the same rule. The
+// intermediate that was signing during a hold-back does not survive it,
+// because its key was only in memory and cert-manager's Secret now holds
+// its successor: after a restart the Secret's intermediate signs at once,
+// with a warning, rather than no intermediate signing until the hold-back
+// ends (which would let every workload leaf expire).
 type ExternalIssuer struct {
 	opts ExternalOptions
 	log  *slog.Logger
@@ -57,6 +70,14 @@ type ExternalIssuer struct {
 	since   map[string]time.Time
 	changed chan struct{}
 	loaded  chan struct{} // closed by the first Load
+
+	// revision is the stored state's, "" when none is stored.
+	revision string
+	// dirty: the last write failed; Run retries it.
+	dirty bool
+	// restored is the state Restore read, until the first Load resumes it.
+	restored    *overlapState
+	restoreDone bool
 }
 
 // externalSigner is one version of the issued Secret, checked.
@@ -121,8 +142,18 @@ func (e *ExternalIssuer) Load(tlsCrt, tlsKey, caCrt []byte) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.opts.Storage != nil && !e.restoreDone {
+		return errors.New("loading the intermediate: the overlap state was not restored first")
+	}
 	now := e.opts.Clock.Now()
 	if e.active != nil && (e.active.same(s) || e.pending != nil && e.pending.same(s)) {
+		return nil
+	}
+	if e.active == nil && e.restored != nil {
+		e.resume(s, now)
+		e.publish()
+		close(e.loaded)
+		e.persist()
 		return nil
 	}
 	if e.active == nil {
@@ -135,6 +166,7 @@ func (e *ExternalIssuer) Load(tlsCrt, tlsKey, caCrt []byte) error {
 		e.log.Info("signing intermediate loaded", "signer", describe(s.cert), "roots", len(s.roots))
 		e.publish()
 		close(e.loaded)
+		e.persist()
 		return nil
 	}
 	overlap := Overlap(e.opts.LeafTTL, e.opts.Skew)
@@ -175,7 +207,61 @@ func (e *ExternalIssuer) Load(tlsCrt, tlsKey, caCrt []byte) error {
 	e.current = s.roots
 	e.retiring = slices.DeleteFunc(e.retiring, func(r retiringRoot) bool { return containsCert(e.current, r.cert) })
 	e.publish()
+	e.persist()
 	return nil
+}
+
+// resume installs the first Secret after a restart on top of the restored
+// state: the retiring roots and when each root entered the bundle are kept,
+// and roots that left ca.crt meanwhile start retiring now. The Secret's
+// intermediate signs at once, because no other key is left; when peers may
+// not all trust its roots yet, that is logged with the moment they will.
+// Called with mu held.
+func (e *ExternalIssuer) resume(s *externalSigner, now time.Time) {
+	r := e.restored
+	e.restored = nil
+	e.since = r.since
+	for _, x := range r.retiring {
+		if now.Before(x.until) {
+			e.retiring = append(e.retiring, x)
+		} else {
+			delete(e.since, string(x.cert.Raw))
+		}
+	}
+	switch {
+	case r.pending != nil && equalCerts(r.pending, s.chain):
+		e.log.Info("the issued intermediate is the one held back before the restart", "signer", describe(s.cert), "was_due", r.activate)
+	case r.pending != nil:
+		e.log.Warn("the stored held-back intermediate matches no issued one; dropping it",
+			"stored", describe(r.pending[0]), "issued", describe(s.cert))
+	}
+	overlap := Overlap(e.opts.LeafTTL, e.opts.Skew)
+	for _, root := range s.roots {
+		if _, ok := e.since[string(root.Raw)]; !ok {
+			e.since[string(root.Raw)] = now
+		}
+	}
+	for _, c := range r.current {
+		if !containsCert(s.roots, c) {
+			e.retiring = append(e.retiring, retiringRoot{cert: c, until: now.Add(overlap)})
+		}
+	}
+	e.active, e.current = s, s.roots
+	e.retiring = slices.DeleteFunc(e.retiring, func(r retiringRoot) bool { return containsCert(e.current, r.cert) })
+	var trustedBy time.Time
+	for _, root := range s.roots {
+		if at := e.since[string(root.Raw)].Add(overlap); trustedBy.IsZero() || at.Before(trustedBy) {
+			trustedBy = at
+		}
+	}
+	if now.Before(trustedBy) {
+		e.log.Warn("signing at once with an intermediate under roots peers may not all trust yet: the intermediate that was "+
+			"signing during the overlap went with the restart (its key is never stored); peers that have not renewed since "+
+			"the roots entered the bundle may refuse its leaves until they do",
+			"signer", describe(s.cert), "trusted_by_all_at", trustedBy)
+	}
+	e.log.Info("signing intermediate loaded after a restart", "signer", describe(s.cert), "roots", len(s.roots),
+		"retiring_roots", len(e.retiring))
 }
 
 // Run takes the held-back steps when they are due (a pending intermediate
@@ -213,6 +299,9 @@ func (e *ExternalIssuer) advance() time.Time {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.opts.Clock.Now()
+	if e.dirty {
+		e.persist()
+	}
 	changed := false
 	if e.pending != nil && !now.Before(e.activate) {
 		e.active, e.pending = e.pending, nil
@@ -232,6 +321,7 @@ func (e *ExternalIssuer) advance() time.Time {
 	e.retiring = kept
 	if changed {
 		e.publish()
+		e.persist()
 	}
 	var next time.Time
 	if e.pending != nil {
@@ -241,6 +331,9 @@ func (e *ExternalIssuer) advance() time.Time {
 		if next.IsZero() || r.until.Before(next) {
 			next = r.until
 		}
+	}
+	if retry := now.Add(storageRetry); e.dirty && (next.IsZero() || retry.Before(next)) {
+		next = retry
 	}
 	return next
 }

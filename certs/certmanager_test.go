@@ -1,14 +1,17 @@
 package certs
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"math/big"
+	"strings"
 	"testing"
 	"time"
 
@@ -271,4 +274,290 @@ func mustExternal(t *testing.T, clk *clocktesting.FakeClock, crt, key, ca []byte
 		t.Fatal(err)
 	}
 	return e
+}
+
+// restoredExternal is an ExternalIssuer on st that has restored what st
+// holds, as the control plane starts one.
+func restoredExternal(t *testing.T, clk *clocktesting.FakeClock, st Storage, leafTTL time.Duration) *ExternalIssuer {
+	t.Helper()
+	e := NewExternalIssuer(ExternalOptions{Clock: clk, LeafTTL: leafTTL, Storage: st, Log: quietLog()})
+	if err := e.Restore(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func load(t *testing.T, e *ExternalIssuer, crt, key, ca []byte) {
+	t.Helper()
+	if err := e.Load(crt, key, ca); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mustLoad loads a new intermediate that root issues at now.
+func mustLoad(t *testing.T, e *ExternalIssuer, root extRoot, now time.Time) {
+	t.Helper()
+	crt, key, ca := root.issue(t, now, 90*24*time.Hour)
+	load(t, e, crt, key, ca)
+}
+
+func bundleHas(e *ExternalIssuer, c *x509.Certificate) bool { return containsCert(e.Bundle(), c) }
+
+func TestExternalIssuerRestartKeepsRetiringRoots(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	const leafTTL = time.Hour
+	overlap := Overlap(leafTTL, DefaultSkew)
+	id := Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
+	oldRoot, newRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0)
+	st := &memStorage{}
+	e := restoredExternal(t, clk, st, leafTTL)
+	mustLoad(t, e, oldRoot, t0)
+	newCrt, newKey, newCA := newRoot.issue(t, t0, 90*24*time.Hour)
+	load(t, e, newCrt, newKey, newCA)
+	// The last leaf of the old intermediate, just before the switch.
+	clk.Step(overlap - time.Minute)
+	lastOld := issue(t, e, id, 0)
+	clk.Step(time.Minute)
+	e.advance()
+	if verify(issue(t, e, id, 0), []*x509.Certificate{newRoot.cert}, clk.Now()) != nil {
+		t.Fatal("not signing under the new root after the overlap")
+	}
+
+	// Restart half way through the old root's retirement: cert-manager's
+	// Secret still holds the new intermediate.
+	clk.Step(overlap / 2)
+	r := restoredExternal(t, clk, st, leafTTL)
+	load(t, r, newCrt, newKey, newCA)
+	if !bundleHas(r, oldRoot.cert) || !bundleHas(r, newRoot.cert) || len(r.Bundle()) != 2 {
+		t.Fatalf("bundle after the restart has %d roots, want the new root and the retiring old one", len(r.Bundle()))
+	}
+	if !r.Bundle()[0].Equal(newRoot.cert) {
+		t.Fatal("after the restart the signing root must come first")
+	}
+	if err := verify(lastOld, r.Bundle(), clk.Now()); err != nil {
+		t.Fatalf("a leaf of the old intermediate, still valid, is not trusted after the restart: %v", err)
+	}
+	// The retirement ends when it would have without the restart: one
+	// overlap after the switch.
+	if next := r.advance(); !next.Equal(t0.Add(2 * overlap)) {
+		t.Fatalf("old root retires at %s, want %s", next, t0.Add(2*overlap))
+	}
+	clk.Step(overlap / 2)
+	r.advance()
+	if bundleHas(r, oldRoot.cert) || len(r.Bundle()) != 1 {
+		t.Fatal("the old root is still trusted after its time")
+	}
+	// A third start after that retirement finds it gone from the storage.
+	q := restoredExternal(t, clk, st, leafTTL)
+	load(t, q, newCrt, newKey, newCA)
+	if len(q.Bundle()) != 1 {
+		t.Fatalf("a root retired before the restart came back: %d roots", len(q.Bundle()))
+	}
+}
+
+func TestExternalIssuerRestartDuringHoldBack(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	const leafTTL = time.Hour
+	overlap := Overlap(leafTTL, DefaultSkew)
+	id := Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
+	oldRoot, newRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0)
+	st := &memStorage{}
+	e := restoredExternal(t, clk, st, leafTTL)
+	mustLoad(t, e, oldRoot, t0)
+	newCrt, newKey, newCA := newRoot.issue(t, t0, 90*24*time.Hour)
+	load(t, e, newCrt, newKey, newCA)
+	clk.Step(overlap / 2)
+	lastOld := issue(t, e, id, 0)
+	stored, err := decodeOverlap(st.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := ParseCerts(newCrt); !equalCerts(stored.pending, want) || !stored.activate.Equal(t0.Add(overlap)) {
+		t.Fatalf("stored held-back intermediate %v signing at %s, want the new one at %s", stored.pending, stored.activate, t0.Add(overlap))
+	}
+
+	// Restart while the new intermediate is held back. The old one's key
+	// went with the process, so the new one signs: leaves never stop.
+	r := restoredExternal(t, clk, st, leafTTL)
+	load(t, r, newCrt, newKey, newCA)
+	if l := issue(t, r, id, 0); verify(l, []*x509.Certificate{newRoot.cert}, clk.Now()) != nil {
+		t.Fatal("after the restart the issued intermediate must sign")
+	}
+	if err := verify(lastOld, r.Bundle(), clk.Now()); err != nil {
+		t.Fatalf("a leaf of the old intermediate is not trusted after the restart: %v", err)
+	}
+	// The old root stays until one overlap after the time the new
+	// intermediate was due, as promised before the restart.
+	if next := r.advance(); !next.Equal(t0.Add(2 * overlap)) {
+		t.Fatalf("old root retires at %s, want %s", next, t0.Add(2*overlap))
+	}
+
+	// The restored schedule holds back what comes next: cert-manager
+	// renews under the new root, which peers trust only from one overlap
+	// after it entered the bundle (t0), not from the restart.
+	renewed, renewedKey, renewedCA := newRoot.issue(t, clk.Now(), 90*24*time.Hour)
+	load(t, r, renewed, renewedKey, renewedCA)
+	if l := issue(t, r, id, 0); !l[1].Equal(mustParse(t, newCrt)) {
+		t.Fatal("a renewal under roots still in their overlap signed at once after the restart")
+	}
+	if next := r.advance(); !next.Equal(t0.Add(overlap)) {
+		t.Fatalf("the renewal signs at %s, want %s (one overlap after its roots entered the bundle)", next, t0.Add(overlap))
+	}
+	// Restarting again keeps that renewal held back: it is in the Secret,
+	// and its key is read from there.
+	q := restoredExternal(t, clk, st, leafTTL)
+	load(t, q, renewed, renewedKey, renewedCA)
+	clk.Step(overlap / 2)
+	q.advance()
+	if l := issue(t, q, id, 0); !l[1].Equal(mustParse(t, renewed)) {
+		t.Fatal("not signing with the renewal once it was due")
+	}
+	if !bundleHas(q, oldRoot.cert) {
+		t.Fatal("the old root left before its time")
+	}
+}
+
+func mustParse(t *testing.T, crt []byte) *x509.Certificate {
+	t.Helper()
+	c, err := ParseCerts(crt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c[0]
+}
+
+func TestExternalIssuerStoresNoPrivateKey(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	const leafTTL = time.Hour
+	oldRoot, newRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0)
+	st := &memStorage{}
+	e := restoredExternal(t, clk, st, leafTTL)
+	oldCrt, oldKey, oldCA := oldRoot.issue(t, t0, 90*24*time.Hour)
+	load(t, e, oldCrt, oldKey, oldCA)
+	newCrt, newKey, newCA := newRoot.issue(t, t0, 90*24*time.Hour)
+	load(t, e, newCrt, newKey, newCA)
+	// Every kind of entry is there: roots, a retiring root, the signing
+	// and the held-back intermediates.
+	for _, want := range [][]byte{oldCrt, newCrt, newCA, oldCA} {
+		found := false
+		for _, v := range st.data {
+			found = found || bytes.Contains(v, bytes.ReplaceAll(bytes.TrimSpace(want), []byte("\n"), []byte(`\n`)))
+		}
+		if !found {
+			t.Fatalf("stored state lacks a certificate:\n%s", want)
+		}
+	}
+	for k, v := range st.data {
+		for _, leak := range [][]byte{[]byte("PRIVATE KEY"), oldKey, newKey} {
+			if bytes.Contains(v, leak) || strings.Contains(k, "key") {
+				t.Fatalf("stored entry %s holds a private key", k)
+			}
+		}
+	}
+}
+
+func TestExternalIssuerDiscardsCorruptState(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	root := newExtRoot(t, "issuer", t0)
+	good := func() map[string][]byte {
+		st := &memStorage{}
+		e := restoredExternal(t, clk, st, time.Hour)
+		mustLoad(t, e, root, t0)
+		mustLoad(t, e, newExtRoot(t, "next", t0), t0)
+		return st.data
+	}
+	edit := func(f func(d map[string]any)) map[string][]byte {
+		var d map[string]any
+		if err := json.Unmarshal(good()[keyOverlap], &d); err != nil {
+			t.Fatal(err)
+		}
+		f(d)
+		b, err := json.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return map[string][]byte{keyOverlap: b}
+	}
+	tests := map[string]struct {
+		data    map[string][]byte
+		wantErr string
+	}{
+		"not JSON":           {map[string][]byte{keyOverlap: []byte("{roots")}, "overlap.json"},
+		"no entry":           {map[string][]byte{"tls.crt": []byte("x")}, "no overlap.json"},
+		"no roots":           {edit(func(d map[string]any) { delete(d, "roots") }), "no roots"},
+		"garbled root":       {edit(func(d map[string]any) { d["roots"].([]any)[0].(map[string]any)["cert"] = "x" }), "roots[0].cert"},
+		"retiring, no until": {edit(func(d map[string]any) { delete(d["retiring"].([]any)[0].(map[string]any), "until") }), "retiring[0].until"},
+		"pending, no time":   {edit(func(d map[string]any) { delete(d, "signsAt") }), "pending and signsAt"},
+		"garbled signer":     {edit(func(d map[string]any) { d["signer"] = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n" }), "signer"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := decodeOverlap(tc.data)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("decode: %v, want an error naming %q", err, tc.wantErr)
+			}
+			// A start on it discards it: the issuer starts afresh, and its
+			// first write replaces the corrupt state.
+			st := &memStorage{data: tc.data, rev: 7}
+			e := restoredExternal(t, clk, st, time.Hour)
+			mustLoad(t, e, root, t0)
+			if len(e.Bundle()) != 1 || !e.Bundle()[0].Equal(root.cert) {
+				t.Fatalf("bundle %d roots, want the issued root only", len(e.Bundle()))
+			}
+			if _, err := decodeOverlap(st.data); err != nil || st.rev != 8 {
+				t.Fatalf("the corrupt state was not replaced by a revision-checked update: rev %d, %v", st.rev, err)
+			}
+		})
+	}
+}
+
+func TestExternalIssuerReplicasMergeTheirState(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	const leafTTL = time.Hour
+	overlap := Overlap(leafTTL, DefaultSkew)
+	oldRoot, newRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0)
+	st := &memStorage{}
+	a, b := restoredExternal(t, clk, st, leafTTL), restoredExternal(t, clk, st, leafTTL)
+	oldCrt, oldKey, oldCA := oldRoot.issue(t, t0, 90*24*time.Hour)
+	load(t, a, oldCrt, oldKey, oldCA)
+	load(t, b, oldCrt, oldKey, oldCA) // Create loses: ErrExists, merge, update
+	newCrt, newKey, newCA := newRoot.issue(t, t0, 90*24*time.Hour)
+	load(t, a, newCrt, newKey, newCA) // stale revision: conflict, merge, update
+	// b sees the new Secret a minute later, so its schedule is a minute
+	// later; its write must not be lost to a's, nor a's to b's.
+	clk.Step(time.Minute)
+	load(t, b, newCrt, newKey, newCA)
+	stored, err := decodeOverlap(st.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := t0.Add(time.Minute + overlap); !stored.activate.Equal(want) {
+		t.Fatalf("stored activation %s, want the later replica's %s", stored.activate, want)
+	}
+	if len(stored.retiring) != 1 || !stored.retiring[0].until.Equal(t0.Add(time.Minute+2*overlap)) {
+		t.Fatalf("stored retiring roots %v, want the old root until the later end", stored.retiring)
+	}
+	// a takes b's later schedule at its next write (here: restarting on
+	// it), so no replica lets the old root go before the other.
+	r := restoredExternal(t, clk, st, leafTTL)
+	load(t, r, newCrt, newKey, newCA)
+	if next := r.advance(); !next.Equal(t0.Add(time.Minute + 2*overlap)) {
+		t.Fatalf("after a restart the old root retires at %s, want %s", next, t0.Add(time.Minute+2*overlap))
+	}
+	// a's own next write merges b's schedule into a: when a switches to
+	// the new intermediate, its write conflicts with b's, and a keeps the
+	// old root until b's later end.
+	clk.Step(overlap)
+	a.advance()
+	if next := a.advance(); !next.Equal(t0.Add(time.Minute + 2*overlap)) {
+		t.Fatalf("a retires the old root at %s, want b's later end %s", next, t0.Add(time.Minute+2*overlap))
+	}
+}
+
+func TestExternalIssuerLoadNeedsRestore(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	e := NewExternalIssuer(ExternalOptions{Clock: clk, Storage: &memStorage{}, Log: quietLog()})
+	if err := e.Load(newExtRoot(t, "issuer", t0).issue(t, t0, 24*time.Hour)); err == nil {
+		t.Fatal("Load before Restore would overwrite the stored state")
+	}
 }
