@@ -303,3 +303,20 @@ func recvDelta(t *testing.T, d discoveryv3.AggregatedDiscoveryService_DeltaAggre
 		t.Fatal(err)
 	}
 }
+
+// BenchmarkInternACK is the cost interning adds to a state-of-the-world ACK
+// of a sidecar subscribed to 1,000 load assignments: every name is already
+// in the table.
+func BenchmarkInternACK(b *testing.B) {
+	in := newInterner(internLimit)
+	decoded := make([]string, 1000)
+	for i := range decoded {
+		decoded[i] = fmt.Sprintf("outbound|8080||svc-%04d.ns-%02d.svc.cluster.local", i, i%20)
+	}
+	in.strings(slices.Clone(decoded))
+	req := make([]string, len(decoded))
+	for b.Loop() {
+		copy(req, decoded)
+		in.strings(req)
+	}
+}
