@@ -168,6 +168,60 @@ func TestSotwEnvoyLike(t *testing.T) {
 	}
 }
 
+// TestSotwPartialResponses: the control plane sends state-of-the-world
+// load assignments and route configurations that changed, alone. The proxy
+// merges them into what it holds, as Envoy and grpc-go do, so such a
+// response is no shrink; clusters and listeners stay the whole state.
+func TestSotwPartialResponses(t *testing.T) {
+	p := testProxy(ProxySpec{Pattern: EnvoyLike, Info: envoyInfo})
+	p.startStream()
+	listener := func(name, route string) *listenerv3.Listener {
+		return &listenerv3.Listener{Name: name, FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{{Name: "hcm", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm(t, route)}}},
+		}}}
+	}
+	apply := func(resp *discoveryv3.DiscoveryResponse) {
+		t.Helper()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if reqs, _ := p.applySotw(resp, time.Now()); reqs[0].GetErrorDetail() != nil {
+			t.Fatalf("%s response NACKed: %v", resp.GetTypeUrl(), reqs[0].GetErrorDetail())
+		}
+	}
+	apply(sotwResponse(t, clusterType, "c1", "n1", edsCluster("a", 0), edsCluster("b", 0)))
+	apply(sotwResponse(t, listenerType, "l1", "n2", listener("l80", "80"), listener("l81", "81")))
+	apply(sotwResponse(t, endpointType, "e1", "n3", loadAssignment("a", "10.0.0.1"), loadAssignment("b", "10.0.0.2")))
+	apply(sotwResponse(t, routeType, "r1", "n4", routeTo("80", "a"), routeTo("81", "b")))
+
+	apply(sotwResponse(t, endpointType, "e2", "n5", loadAssignment("b", "10.0.0.22")))
+	apply(sotwResponse(t, routeType, "r2", "n6", routeTo("81", "a")))
+	want := map[typ]map[string]bool{
+		endpointType: {"a": true, "b": true},
+		routeType:    {"80": true, "81": true},
+	}
+	for ty, names := range want {
+		for name := range names {
+			if _, ok := p.holds(ty, name); !ok {
+				t.Errorf("%s %s dropped by a response that did not carry it", typeNames[ty], name)
+			}
+		}
+	}
+	if d, _ := p.holds(routeType, "81"); d == nil || !cmp.Equal(d.routeClusters, []string{"a"}) {
+		t.Errorf("route 81 not updated: %+v", d)
+	}
+	if len(p.shrinks) != 0 {
+		t.Errorf("partial responses recorded as shrinks: %+v", p.shrinks)
+	}
+
+	apply(sotwResponse(t, clusterType, "c2", "n7", edsCluster("a", 0)))
+	if _, ok := p.holds(clusterType, "b"); ok {
+		t.Error("cluster b, missing from a cluster response, is still held")
+	}
+	if len(p.shrinks) != 1 || p.shrinks[0].Type != "cluster" {
+		t.Errorf("shrinks %+v, want the one of clusters", p.shrinks)
+	}
+}
+
 // TestDeltaGRPCLike follows a gRPC-like proxy through the incremental
 // exchange: listener, route, cluster, load assignment, each subscribed when
 // the previous names it, the node sent once per stream, and a removal
