@@ -1,10 +1,14 @@
 package watcher
 
 import (
+	"slices"
 	"sort"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 // fakeClock runs AfterFunc callbacks synchronously from Advance, so a test
@@ -252,5 +256,191 @@ func TestCoalescerRealClock(t *testing.T) {
 	case <-builds:
 	case <-time.After(30 * time.Second):
 		t.Fatal("no build after concurrent triggers")
+	}
+}
+
+// burstLog records the bursts the coalescer builds.
+type burstLog struct {
+	mu     sync.Mutex
+	bursts []Burst
+}
+
+func (b *burstLog) build(x Burst) { b.mu.Lock(); b.bursts = append(b.bursts, x); b.mu.Unlock() }
+func (b *burstLog) get() []Burst {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.bursts)
+}
+
+// TestCoalescerEndpointHoldOff checks which hold-off each burst gets: the
+// 5ms endpoint one while every trigger was TriggerEndpoints, the 100ms
+// normal one once any was not. Time is a fake clock: the steps say after
+// which advance a build has happened, never how long it took.
+func TestCoalescerEndpointHoldOff(t *testing.T) {
+	const (
+		none = iota
+		cfg
+		eps
+	)
+	type step struct {
+		advance time.Duration
+		trigger int
+		want    []Burst // all the builds so far, the initial one left out
+	}
+	E, C := Burst{Endpoints: true}, Burst{}
+	tests := map[string][]step{
+		"an endpoint change waits the endpoint hold-off": {
+			{trigger: eps, want: nil},
+			{advance: 4 * time.Millisecond, want: nil},
+			{advance: time.Millisecond, want: []Burst{E}},
+			{advance: time.Second, want: []Burst{E}},
+		},
+		"a config change waits the normal hold-off": {
+			{trigger: cfg},
+			{advance: 5 * time.Millisecond},
+			{advance: 94 * time.Millisecond},
+			{advance: time.Millisecond, want: []Burst{C}},
+		},
+		"a mixed burst waits the normal hold-off": {
+			{trigger: eps},
+			{advance: 2 * time.Millisecond, trigger: cfg},
+			{advance: 2 * time.Millisecond, trigger: eps},
+			{advance: 99 * time.Millisecond},
+			{advance: time.Millisecond, want: []Burst{C}},
+		},
+		"a config change pending makes a later endpoint change wait too": {
+			{trigger: cfg},
+			{advance: 50 * time.Millisecond, trigger: eps},
+			{advance: 99 * time.Millisecond},
+			{advance: time.Millisecond, want: []Burst{C}},
+		},
+		"endpoint changes closer than the hold-off coalesce": {
+			{trigger: eps},
+			{advance: 4 * time.Millisecond, trigger: eps},
+			{advance: 4 * time.Millisecond, trigger: eps},
+			{advance: 4 * time.Millisecond},
+			{advance: time.Millisecond, want: []Burst{E}},
+		},
+		"endpoint changes further apart than the hold-off are built one by one": {
+			{trigger: eps},
+			{advance: 5 * time.Millisecond, trigger: eps, want: []Burst{E}},
+			{advance: 5 * time.Millisecond, want: []Burst{E, E}},
+		},
+		"max delay bounds a steady stream of endpoint changes": func() []step {
+			s := []step{{trigger: eps}}
+			// Every 4ms for 1s: never quiet for 5ms.
+			for range 249 {
+				s = append(s, step{advance: 4 * time.Millisecond, trigger: eps})
+			}
+			s = append(s, step{advance: 3 * time.Millisecond})
+			s = append(s, step{advance: time.Millisecond, want: []Burst{E}})
+			return s
+		}(),
+		"after an endpoint build a config change waits the normal hold-off": {
+			{trigger: eps},
+			{advance: 5 * time.Millisecond, trigger: cfg, want: []Burst{E}},
+			{advance: 99 * time.Millisecond, want: []Burst{E}},
+			{advance: time.Millisecond, want: []Burst{E, C}},
+		},
+	}
+	for name, steps := range tests {
+		t.Run(name, func(t *testing.T) {
+			clk := newFakeClock()
+			var b burstLog
+			c := NewCoalescer(b.build, CoalesceOptions{Clock: clk})
+			defer c.Stop()
+			c.MarkSynced()
+			for i, s := range steps {
+				clk.Advance(s.advance)
+				switch s.trigger {
+				case cfg:
+					c.Trigger()
+				case eps:
+					c.TriggerEndpoints()
+				}
+				got := b.get()[1:] // the initial build is a config build
+				if d := cmp.Diff(s.want, got, cmpopts.EquateEmpty()); d != "" {
+					t.Fatalf("after step %d (%+v), builds (-want +got):\n%s", i, s, d)
+				}
+			}
+		})
+	}
+}
+
+// TestCoalescerHold: a build of an endpoint burst that turns out to be more
+// than endpoints holds it, and it is built again as a config burst once the
+// normal hold-off since its last trigger has passed, with the triggers that
+// arrived meanwhile.
+func TestCoalescerHold(t *testing.T) {
+	clk := newFakeClock()
+	var c *Coalescer
+	var b burstLog
+	holds := 0
+	c = NewCoalescer(func(x Burst) {
+		b.build(x)
+		if x.Endpoints && holds > 0 {
+			holds--
+			c.Hold()
+		}
+	}, CoalesceOptions{Clock: clk})
+	defer c.Stop()
+	c.MarkSynced()
+	E, C := Burst{Endpoints: true}, Burst{}
+
+	holds = 1
+	c.TriggerEndpoints()
+	clk.Advance(5 * time.Millisecond)
+	if d := cmp.Diff([]Burst{C, E}, b.get()); d != "" {
+		t.Fatalf("builds after the endpoint hold-off (-want +got):\n%s", d)
+	}
+	// An endpoint trigger during the hold does not shorten it.
+	clk.Advance(10 * time.Millisecond)
+	c.TriggerEndpoints()
+	clk.Advance(99 * time.Millisecond)
+	if d := cmp.Diff([]Burst{C, E}, b.get()); d != "" {
+		t.Fatalf("builds before the normal hold-off since the last trigger (-want +got):\n%s", d)
+	}
+	clk.Advance(time.Millisecond)
+	if d := cmp.Diff([]Burst{C, E, C}, b.get()); d != "" {
+		t.Fatalf("builds after the normal hold-off (-want +got):\n%s", d)
+	}
+	// Hold in a config build does nothing: no build follows.
+	c.Hold()
+	clk.Advance(time.Minute)
+	if got := len(b.get()); got != 3 {
+		t.Fatalf("%d builds after an idle minute, want 3", got)
+	}
+
+	// The held burst keeps its max delay: a steady stream of endpoint
+	// triggers every 50ms after a hold is built 1s after the first one.
+	holds = 1
+	c.TriggerEndpoints()
+	clk.Advance(5 * time.Millisecond) // held
+	for range 19 {
+		clk.Advance(50 * time.Millisecond)
+		c.TriggerEndpoints()
+	}
+	clk.Advance(44 * time.Millisecond) // 999ms after the first trigger
+	if got := len(b.get()); got != 4 {
+		t.Fatalf("%d builds before the max delay, want 4", got)
+	}
+	clk.Advance(time.Millisecond)
+	if d := cmp.Diff([]Burst{C, E, C, E, C}, b.get()); d != "" {
+		t.Fatalf("builds at the max delay (-want +got):\n%s", d)
+	}
+}
+
+// TestCoalescerEndpointHoldOffNeverExceedsHoldOff: an endpoint hold-off
+// left at its default follows a shorter normal one.
+func TestCoalescerEndpointHoldOffNeverExceedsHoldOff(t *testing.T) {
+	clk := newFakeClock()
+	var b burstLog
+	c := NewCoalescer(b.build, CoalesceOptions{Clock: clk, HoldOff: 2 * time.Millisecond})
+	defer c.Stop()
+	c.MarkSynced()
+	c.TriggerEndpoints()
+	clk.Advance(2 * time.Millisecond)
+	if got := len(b.get()); got != 2 {
+		t.Fatalf("%d builds after the 2ms hold-off, want 2", got)
 	}
 }

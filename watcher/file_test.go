@@ -63,12 +63,22 @@ func startSource(t *testing.T, dir string) *sourceRun {
 
 func startSourceWith(t *testing.T, dir string, mem FileMemory) *sourceRun {
 	t.Helper()
-	r := &sourceRun{errs: make(chan error, 100), done: make(chan error, 1)}
-	src := &FileSource{
+	return runFileSource(t, &FileSource{
 		Memory: mem,
 		Dir:    dir, HoldOff: 5 * time.Millisecond, MaxDelay: 20 * time.Millisecond,
-		Log:     slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
-		OnError: func(err error) { r.errs <- err },
+	})
+}
+
+// runFileSource runs src, logging to the test and recording its errors.
+func runFileSource(t *testing.T, src *FileSource) *sourceRun {
+	t.Helper()
+	r := &sourceRun{errs: make(chan error, 100), done: make(chan error, 1)}
+	src.Log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	src.OnError = func(err error) {
+		select {
+		case r.errs <- err:
+		default: // nobody is waiting for errors in this test
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.stop = func() {

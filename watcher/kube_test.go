@@ -533,3 +533,40 @@ func TestKubeSourceRoutes(t *testing.T) {
 		t.Errorf("updated route in the model: generation %d, backends %+v; want generation 2 and two backends", r.Generation, r.Rules[0].BackendRefs)
 	}
 }
+
+// TestKubeSourceEndpointHoldOff runs the source with an hour-long normal
+// hold-off: EndpointSlice and Pod changes are published all the same, so
+// they took the endpoint hold-off.
+func TestKubeSourceEndpointHoldOff(t *testing.T) {
+	cfg, c := apiServer(t)
+	const ns = "endpoint-holdoff"
+	createNamespace(t, c, ns, nil)
+	mustCreate(t, c, service(ns, "echo", corev1.ServicePort{Name: "grpc", Port: 8080}))
+	ports := []discoveryv1.EndpointPort{{Name: ptr.To("grpc"), Port: ptr.To[int32](9000)}}
+	slice := endpointSlice(ns, "echo-1", "echo", ports, endpoint("10.0.0.1", true, "echo-0"))
+	mustCreate(t, c, slice)
+	_, p := runSource(t, cfg, KubeOptions{HoldOff: time.Hour, EndpointHoldOff: time.Millisecond, MaxDelay: time.Hour})
+
+	svc := model.Service{Key: model.Key{Namespace: ns, Name: "echo"}, Ports: []model.ServicePort{{Name: "grpc", Port: 8080}}}
+	want := func(eps ...model.Endpoint) *model.Snapshot {
+		return &model.Snapshot{Services: []model.Service{svc}, EndpointSlices: []model.EndpointSlice{{
+			Key: model.Key{Namespace: ns, Name: "echo-1"}, Service: "echo",
+			Ports: []model.EndpointPort{{Name: "grpc", Port: 9000}}, Endpoints: eps,
+		}}}
+	}
+	p.waitFor(t, want(model.Endpoint{Address: "10.0.0.1", Ready: true, Workload: "echo-0"}), ns)
+
+	// A flip, as a rollout makes them.
+	if err := c.Get(t.Context(), client.ObjectKeyFromObject(slice), slice); err != nil {
+		t.Fatal(err)
+	}
+	slice.Endpoints[0].Conditions.Ready = ptr.To(false)
+	if err := c.Update(t.Context(), slice); err != nil {
+		t.Fatalf("updating EndpointSlice: %v", err)
+	}
+	p.waitFor(t, want(model.Endpoint{Address: "10.0.0.1", Workload: "echo-0"}), ns)
+
+	// The pod behind the endpoint names its workload and service account.
+	mustCreate(t, c, pod(ns, "echo-0", "echo-sa", nil, owner("apps/v1", "StatefulSet", "echo")))
+	p.waitFor(t, want(model.Endpoint{Address: "10.0.0.1", Workload: "echo", ServiceAccount: "echo-sa"}), ns)
+}
