@@ -184,7 +184,8 @@ func RunKube(ctx context.Context, cfg Config, ko KubeOptions) error {
 
 // kubeIdentity fills in what Kubernetes mode keeps in the API server: the
 // built-in CA in Secret fjord-ca, or in cert-manager mode an issuer fed by
-// the Certificate cert-manager issues (whose watch it returns, to be run
+// the Certificate cert-manager issues, with its overlap state in Secret
+// fjord-intermediate-state (whose restore and watch it returns, to be run
 // before New); and TokenReview for workload tokens.
 func kubeIdentity(cfg *Config, ko KubeOptions, meshNS string) (intermediate func(context.Context) error, err error) {
 	id := &cfg.Identity
@@ -206,8 +207,12 @@ func kubeIdentity(cfg *Config, ko KubeOptions, meshNS string) (intermediate func
 		id.CAStorage, err = watcher.NewSecretStorage(ko.REST, meshNS)
 		return nil, err
 	case CAIssuerCertManager:
+		state, err := watcher.NewIntermediateStateStorage(ko.REST, meshNS)
+		if err != nil {
+			return nil, err
+		}
 		ext := certs.NewExternalIssuer(certs.ExternalOptions{
-			LeafTTL: id.LeafTTL, Skew: id.Skew, Log: cfg.Log.With("component", "ca"),
+			LeafTTL: id.LeafTTL, Skew: id.Skew, Storage: state, Log: cfg.Log.With("component", "ca"),
 		})
 		m, err := watcher.NewCertManagerIntermediate(ko.REST, ext, watcher.CertManagerOptions{
 			Namespace: meshNS, IssuerRef: ko.CAIssuerRef, Log: cfg.Log.With("component", "cert-manager-intermediate"),
@@ -216,7 +221,17 @@ func kubeIdentity(cfg *Config, ko KubeOptions, meshNS string) (intermediate func
 			return nil, err
 		}
 		id.Issuer = ext
-		return m.Run, nil
+		// The overlap state a previous run stored is restored before the
+		// first issued Secret is loaded on top of it.
+		return func(ctx context.Context) error {
+			rctx, cancel := context.WithTimeout(ctx, caLoadTimeout)
+			err := ext.Restore(rctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("secret %s/%s: %w", meshNS, watcher.IntermediateStateName, err)
+			}
+			return m.Run(ctx)
+		}, nil
 	}
 	return nil, fmt.Errorf("CA issuer %q: want %s or %s", ko.CAIssuer, CAIssuerBuiltin, CAIssuerCertManager)
 }

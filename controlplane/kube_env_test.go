@@ -259,6 +259,21 @@ func TestRunKubeIdentity(t *testing.T) {
 			got, err := rootCAConfigMap(admin, meshed)
 			return got == want, fmt.Sprintf("ca.crt %q, err %v", got, err)
 		})
+		// The overlap state is in its own Secret: certificates and times,
+		// never a key.
+		var state corev1.Secret
+		eventually(t, "Secret "+watcher.IntermediateStateName, func() (bool, string) {
+			err := admin.Get(ctx, client.ObjectKey{Namespace: "fjord-system", Name: watcher.IntermediateStateName}, &state)
+			return err == nil, fmt.Sprint(err)
+		})
+		if len(state.Data) == 0 {
+			t.Fatalf("Secret %s is empty", watcher.IntermediateStateName)
+		}
+		for k, v := range state.Data {
+			if strings.Contains(string(v), "PRIVATE KEY") {
+				t.Fatalf("Secret %s entry %s holds a private key", watcher.IntermediateStateName, k)
+			}
+		}
 		// The intermediate's rotations are cert-manager's, not the admin
 		// socket's.
 		conn, err := api.DialAdmin(filepath.Join(cfg.DataDir, api.AdminSocket))

@@ -34,6 +34,7 @@ const caSecretType corev1.SecretType = "fjord.dev/ca"
 type SecretStorage struct {
 	client    kubernetes.Interface
 	namespace string
+	name      string
 }
 
 var _ certs.Storage = (*SecretStorage)(nil)
@@ -41,24 +42,28 @@ var _ certs.Storage = (*SecretStorage)(nil)
 // NewSecretStorage keeps the CA in Secret fjord-ca of namespace (the control
 // plane's own).
 func NewSecretStorage(cfg *rest.Config, namespace string) (*SecretStorage, error) {
+	return newSecretStorage(cfg, namespace, CASecretName)
+}
+
+func newSecretStorage(cfg *rest.Config, namespace, name string) (*SecretStorage, error) {
 	if namespace == "" {
-		return nil, fmt.Errorf("CA secret %s: no namespace", CASecretName)
+		return nil, fmt.Errorf("CA secret %s: no namespace", name)
 	}
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("CA secret %s/%s: client: %w", namespace, CASecretName, err)
+		return nil, fmt.Errorf("CA secret %s/%s: client: %w", namespace, name, err)
 	}
-	return &SecretStorage{client: c, namespace: namespace}, nil
+	return &SecretStorage{client: c, namespace: namespace, name: name}, nil
 }
 
 // Load implements certs.Storage.
 func (s *SecretStorage) Load(ctx context.Context) (map[string][]byte, string, error) {
-	sec, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, CASecretName, metav1.GetOptions{})
+	sec, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, s.name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, "", certs.ErrNotFound
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("reading secret %s/%s: %w", s.namespace, CASecretName, err)
+		return nil, "", fmt.Errorf("reading secret %s/%s: %w", s.namespace, s.name, err)
 	}
 	return maps.Clone(sec.Data), sec.ResourceVersion, nil
 }
@@ -68,7 +73,7 @@ func (s *SecretStorage) Load(ctx context.Context) (map[string][]byte, string, er
 func (s *SecretStorage) Create(ctx context.Context, data map[string][]byte) (string, error) {
 	sec := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
-			Name: CASecretName, Namespace: s.namespace,
+			Name: s.name, Namespace: s.namespace,
 			Labels: map[string]string{"app.kubernetes.io/part-of": "fjord", "app.kubernetes.io/component": "ca"},
 		},
 		Type: caSecretType,
@@ -79,7 +84,7 @@ func (s *SecretStorage) Create(ctx context.Context, data map[string][]byte) (str
 		return "", certs.ErrExists
 	}
 	if err != nil {
-		return "", fmt.Errorf("creating secret %s/%s: %w", s.namespace, CASecretName, err)
+		return "", fmt.Errorf("creating secret %s/%s: %w", s.namespace, s.name, err)
 	}
 	return created.ResourceVersion, nil
 }
@@ -90,14 +95,14 @@ func (s *SecretStorage) Create(ctx context.Context, data map[string][]byte) (str
 // the caller reloads and finds nothing, rather than silently recreating.
 func (s *SecretStorage) Update(ctx context.Context, data map[string][]byte, revision string) (string, error) {
 	if revision == "" {
-		return "", fmt.Errorf("updating secret %s/%s: no revision: %w", s.namespace, CASecretName, certs.ErrConflict)
+		return "", fmt.Errorf("updating secret %s/%s: no revision: %w", s.namespace, s.name, certs.ErrConflict)
 	}
-	cur, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, CASecretName, metav1.GetOptions{})
+	cur, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, s.name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		return "", fmt.Errorf("secret %s/%s was deleted: %w", s.namespace, CASecretName, certs.ErrConflict)
+		return "", fmt.Errorf("secret %s/%s was deleted: %w", s.namespace, s.name, certs.ErrConflict)
 	case err != nil:
-		return "", fmt.Errorf("reading secret %s/%s: %w", s.namespace, CASecretName, err)
+		return "", fmt.Errorf("reading secret %s/%s: %w", s.namespace, s.name, err)
 	}
 	// Labels and annotations others added are kept; only the data and the
 	// precondition are ours.
@@ -106,9 +111,9 @@ func (s *SecretStorage) Update(ctx context.Context, data map[string][]byte, revi
 	updated, err := s.client.CoreV1().Secrets(s.namespace).Update(ctx, cur, metav1.UpdateOptions{})
 	switch {
 	case apierrors.IsConflict(err), apierrors.IsNotFound(err):
-		return "", fmt.Errorf("updating secret %s/%s at resourceVersion %s: %w", s.namespace, CASecretName, revision, certs.ErrConflict)
+		return "", fmt.Errorf("updating secret %s/%s at resourceVersion %s: %w", s.namespace, s.name, revision, certs.ErrConflict)
 	case err != nil:
-		return "", fmt.Errorf("updating secret %s/%s: %w", s.namespace, CASecretName, err)
+		return "", fmt.Errorf("updating secret %s/%s: %w", s.namespace, s.name, err)
 	}
 	return updated.ResourceVersion, nil
 }

@@ -30,6 +30,20 @@ import (
 // issued into, that hold Fjord's signing intermediate in cert-manager mode.
 const IntermediateName = "fjord-intermediate"
 
+// IntermediateStateName is the Secret that keeps certs.ExternalIssuer's
+// overlap state (retiring roots, the held-back intermediate's certificates
+// and when it signs) across restarts, shared by the replicas. It holds
+// certificates and times only, never a key; it is a Secret so that it is
+// kept by the same create-if-absent and resourceVersion-checked storage as
+// the built-in CA's.
+const IntermediateStateName = "fjord-intermediate-state"
+
+// NewIntermediateStateStorage keeps the overlap state in Secret
+// fjord-intermediate-state of namespace (the control plane's own).
+func NewIntermediateStateStorage(cfg *rest.Config, namespace string) (*SecretStorage, error) {
+	return newSecretStorage(cfg, namespace, IntermediateStateName)
+}
+
 // DefaultIntermediateDuration is the intermediate's lifetime asked of
 // cert-manager, which renews it at 2/3 of it by default.
 const DefaultIntermediateDuration = 90 * 24 * time.Hour
