@@ -134,7 +134,8 @@ func (e *ExternalIssuer) LeafTTL() time.Duration { return e.opts.LeafTTL }
 // intermediate followed by its issuer chain, tlsKey its PKCS #8 key, caCrt
 // the issuer's root(s). A version that does not check out is refused and the
 // current one stays in use. Loading what is already installed changes
-// nothing.
+// nothing. With a Storage, each change is written there before Load
+// returns (a failed write is logged, and retried by Run).
 func (e *ExternalIssuer) Load(tlsCrt, tlsKey, caCrt []byte) error {
 	s, err := parseExternal(tlsCrt, tlsKey, caCrt, e.opts.Clock.Now())
 	if err != nil {
@@ -265,7 +266,8 @@ func (e *ExternalIssuer) resume(s *externalSigner, now time.Time) {
 }
 
 // Run takes the held-back steps when they are due (a pending intermediate
-// starts signing, a retired root leaves the bundle) until ctx ends.
+// starts signing, a retired root leaves the bundle), and retries a failed
+// write of the overlap state, until ctx ends.
 func (e *ExternalIssuer) Run(ctx context.Context) error {
 	for {
 		next := e.advance()
