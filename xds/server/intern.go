@@ -9,9 +9,14 @@ import (
 // far more than the resource names and versions of a mesh of 10,000
 // Services (about four names and versions per Service port), so a real mesh
 // never turns the table over because it is full, while a client inventing
-// names can make it hold at most 2 × internLimit strings (a few tens of MB
-// at the longest names a mesh uses).
+// names can make it hold at most 2 × internLimit strings of at most
+// internMaxLen bytes (about 40 MB).
 const internLimit = 1 << 16
+
+// internMaxLen is the longest string interned: resource names are DNS names
+// (at most 253 bytes) with a port and a direction, versions are hashes.
+// Longer strings are left as they are.
+const internMaxLen = 256
 
 // interner holds one canonical copy of every resource name and version that
 // requests carry, so that the thousand sidecars subscribing to the same
@@ -89,6 +94,9 @@ func (t *interner) versions(m map[string]string) map[string]string {
 }
 
 func (t *interner) internLocked(v string) string {
+	if len(v) > internMaxLen {
+		return v
+	}
 	if c, ok := t.cur[v]; ok {
 		return c
 	}

@@ -79,6 +79,9 @@ func TestInternerIsBounded(t *testing.T) {
 		t.Error("a name unused for two generations is still in the table")
 	}
 
+	if long := strings.Repeat("x", internMaxLen+1); same(one(long), one(long)) {
+		t.Error("a string longer than internMaxLen was interned")
+	}
 	for i := range 1000 {
 		one(fmt.Sprintf("client-invented-%d", i))
 		if n := len(in.cur) + len(in.prev); n > 2*limit {
