@@ -2,6 +2,7 @@ package certs
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -10,8 +11,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"math/big"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -403,17 +406,16 @@ func TestExternalIssuerRestartDuringHoldBack(t *testing.T) {
 	if next := r.advance(); !next.Equal(t0.Add(overlap)) {
 		t.Fatalf("the renewal signs at %s, want %s (one overlap after its roots entered the bundle)", next, t0.Add(overlap))
 	}
-	// Restarting again keeps that renewal held back: it is in the Secret,
-	// and its key is read from there.
+	// Restarting again: the Secret holds the renewal, whose key is read
+	// from there, and it signs (the one before it is gone); the old root
+	// still stays until its time.
 	q := restoredExternal(t, clk, st, leafTTL)
 	load(t, q, renewed, renewedKey, renewedCA)
-	clk.Step(overlap / 2)
-	q.advance()
 	if l := issue(t, q, id, 0); !l[1].Equal(mustParse(t, renewed)) {
-		t.Fatal("not signing with the renewal once it was due")
+		t.Fatal("not signing with the issued renewal after the second restart")
 	}
-	if !bundleHas(q, oldRoot.cert) {
-		t.Fatal("the old root left before its time")
+	if next := q.advance(); !bundleHas(q, oldRoot.cert) || !next.Equal(t0.Add(2*overlap)) {
+		t.Fatalf("after the second restart the old root retires at %s, want %s", next, t0.Add(2*overlap))
 	}
 }
 
@@ -559,5 +561,129 @@ func TestExternalIssuerLoadNeedsRestore(t *testing.T) {
 	e := NewExternalIssuer(ExternalOptions{Clock: clk, Storage: &memStorage{}, Log: quietLog()})
 	if err := e.Load(newExtRoot(t, "issuer", t0).issue(t, t0, 24*time.Hour)); err == nil {
 		t.Fatal("Load before Restore would overwrite the stored state")
+	}
+}
+
+func TestExternalIssuerRestartDropsAStoredIntermediateNoLongerIssued(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	const leafTTL = time.Hour
+	overlap := Overlap(leafTTL, DefaultSkew)
+	id := Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
+	oldRoot, newRoot, thirdRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0), newExtRoot(t, "third", t0)
+	st := &memStorage{}
+	e := restoredExternal(t, clk, st, leafTTL)
+	mustLoad(t, e, oldRoot, t0)
+	mustLoad(t, e, newRoot, t0) // held back until t0+overlap
+	clk.Step(overlap / 4)
+
+	// While the control plane was down, cert-manager issued again under a
+	// third root: the stored held-back intermediate matches nothing now.
+	var logs bytes.Buffer
+	r := NewExternalIssuer(ExternalOptions{Clock: clk, LeafTTL: leafTTL, Storage: st,
+		Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err := r.Restore(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	crt, key, ca := thirdRoot.issue(t, clk.Now(), 90*24*time.Hour)
+	load(t, r, crt, key, ca)
+	if l := issue(t, r, id, 0); verify(l, []*x509.Certificate{thirdRoot.cert}, clk.Now()) != nil {
+		t.Fatal("the issued intermediate does not sign after the restart")
+	}
+	for _, want := range []string{"matches no issued one; dropping it", "signing at once with an intermediate under roots peers may not all trust yet"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("no log %q in:\n%s", want, logs.String())
+		}
+	}
+	stored, err := decodeOverlap(st.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.pending != nil || !equalCerts(stored.signer, mustChain(t, crt)) {
+		t.Fatal("the stored state still holds the dropped intermediate, or not the signing one")
+	}
+	// Every root a valid leaf may chain to stays: the old one until one
+	// overlap after the held-back intermediate was due, the new one (it
+	// left ca.crt at the restart) until one overlap from now.
+	wantUntil := map[string]time.Time{
+		string(oldRoot.cert.Raw): t0.Add(2 * overlap),
+		string(newRoot.cert.Raw): clk.Now().Add(overlap),
+	}
+	if len(stored.retiring) != 2 {
+		t.Fatalf("stored %d retiring roots, want the old and the new one", len(stored.retiring))
+	}
+	for _, x := range stored.retiring {
+		if want := wantUntil[string(x.cert.Raw)]; !x.until.Equal(want) {
+			t.Errorf("retiring root %s until %s, want %s", describe(x.cert), x.until, want)
+		}
+	}
+	if !stored.since[string(thirdRoot.cert.Raw)].Equal(clk.Now()) {
+		t.Errorf("the third root entered the bundle at %s, want the restart %s", stored.since[string(thirdRoot.cert.Raw)], clk.Now())
+	}
+}
+
+func mustChain(t *testing.T, crt []byte) []*x509.Certificate {
+	t.Helper()
+	c, err := ParseCerts(crt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// flakyStorage fails every write while down.
+type flakyStorage struct {
+	memStorage
+	down atomic.Bool
+}
+
+var errDown = errors.New("storage down")
+
+func (f *flakyStorage) Create(ctx context.Context, data map[string][]byte) (string, error) {
+	if f.down.Load() {
+		return "", errDown
+	}
+	return f.memStorage.Create(ctx, data)
+}
+
+func (f *flakyStorage) Update(ctx context.Context, data map[string][]byte, rev string) (string, error) {
+	if f.down.Load() {
+		return "", errDown
+	}
+	return f.memStorage.Update(ctx, data, rev)
+}
+
+func TestExternalIssuerRetriesAFailedWrite(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	const leafTTL = time.Hour
+	overlap := Overlap(leafTTL, DefaultSkew)
+	id := Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
+	oldRoot, newRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0)
+	st := &flakyStorage{}
+	e := restoredExternal(t, clk, st, leafTTL)
+	mustLoad(t, e, oldRoot, t0)
+	st.down.Store(true)
+	mustLoad(t, e, newRoot, t0)
+	// Signing and the schedule go on without the storage...
+	if l := issue(t, e, id, 0); verify(l, []*x509.Certificate{oldRoot.cert}, clk.Now()) != nil {
+		t.Fatal("a failed write changed the signer")
+	}
+	if stored, err := decodeOverlap(st.data); err != nil || stored.pending != nil {
+		t.Fatalf("the failed write stored something: %v", err)
+	}
+	// ...and Run comes back for the write before the next step.
+	if next := e.advance(); !next.Equal(t0.Add(storageRetry)) {
+		t.Fatalf("next wake at %s, want the retry at %s", next, t0.Add(storageRetry))
+	}
+	st.down.Store(false)
+	clk.Step(storageRetry)
+	if next := e.advance(); !next.Equal(t0.Add(overlap)) {
+		t.Fatalf("after the retry the next wake is %s, want the switch at %s", next, t0.Add(overlap))
+	}
+	stored, err := decodeOverlap(st.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.pending == nil || !stored.activate.Equal(t0.Add(overlap)) || len(stored.retiring) != 1 {
+		t.Fatal("the retried write does not hold the held-back intermediate and the retiring root")
 	}
 }
