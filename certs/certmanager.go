@@ -173,8 +173,12 @@ func (e *ExternalIssuer) Load(tlsCrt, tlsKey, caCrt []byte) error {
 	overlap := Overlap(e.opts.LeafTTL, e.opts.Skew)
 	// The roots s brings are trusted from now; it may sign once a root it
 	// chains to has been trusted for one overlap. A second renewal during
-	// the overlap therefore waits for the same moment as the first.
-	var established []*x509.Certificate
+	// the overlap therefore waits for the same moment as the first. Roots
+	// the signing intermediate chains to count as established too: leaves
+	// under them are out already (after a restart it can sign before its
+	// roots were established), so holding back another intermediate under
+	// them would protect no peer.
+	established := signingRoots(e.active.chain, e.trusted(), now)
 	for _, r := range s.roots {
 		if _, ok := e.since[string(r.Raw)]; !ok {
 			e.since[string(r.Raw)] = now
@@ -189,7 +193,7 @@ func (e *ExternalIssuer) Load(tlsCrt, tlsKey, caCrt []byte) error {
 			signsAt = since.Add(overlap)
 		}
 	}
-	if chainsTo(s, established, now) || signsAt.IsZero() || !e.active.cert.NotAfter.After(signsAt) {
+	if chainsTo(s.chain, established, now) || signsAt.IsZero() || !e.active.cert.NotAfter.After(signsAt) {
 		signsAt = now
 		e.active, e.pending = s, nil
 		e.log.Info("signing intermediate reloaded", "signer", describe(s.cert), "roots", len(s.roots))
@@ -221,6 +225,9 @@ func (e *ExternalIssuer) Load(tlsCrt, tlsKey, caCrt []byte) error {
 func (e *ExternalIssuer) resume(s *externalSigner, now time.Time) {
 	r := e.restored
 	e.restored = nil
+	// Leaves under the roots the previous intermediate chains to are out
+	// already: signing under them changes nothing for peers.
+	inUse := signingRoots(r.signer, slices.Concat(r.current, rootsOf(r.retiring)), now)
 	e.since = r.since
 	for _, x := range r.retiring {
 		if now.Before(x.until) {
@@ -255,7 +262,7 @@ func (e *ExternalIssuer) resume(s *externalSigner, now time.Time) {
 			trustedBy = at
 		}
 	}
-	if now.Before(trustedBy) {
+	if now.Before(trustedBy) && !chainsTo(s.chain, inUse, now) {
 		e.log.Warn("signing at once with an intermediate under roots peers may not all trust yet: the intermediate that was "+
 			"signing during the overlap went with the restart (its key is never stored); peers that have not renewed since "+
 			"the roots entered the bundle may refuse its leaves until they do",
@@ -338,6 +345,14 @@ func (e *ExternalIssuer) advance() time.Time {
 		next = retry
 	}
 	return next
+}
+
+func rootsOf(rs []retiringRoot) []*x509.Certificate {
+	out := make([]*x509.Certificate, len(rs))
+	for i, r := range rs {
+		out[i] = r.cert
+	}
+	return out
 }
 
 // trusted is the bundle's roots. Called with mu held.
@@ -479,18 +494,30 @@ func (s *externalSigner) same(o *externalSigner) bool {
 	return equalCerts(s.chain, o.chain) && equalCerts(s.roots, o.roots)
 }
 
-// chainsTo reports whether s's intermediate verifies against roots.
-func chainsTo(s *externalSigner, roots []*x509.Certificate, now time.Time) bool {
+// chainsTo reports whether chain (an intermediate, then the intermediates
+// above it) verifies against roots.
+func chainsTo(chain, roots []*x509.Certificate, now time.Time) bool {
 	pool, inter := x509.NewCertPool(), x509.NewCertPool()
 	for _, r := range roots {
 		pool.AddCert(r)
 	}
-	for _, c := range s.chain[1:] {
+	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
-	_, err := s.cert.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: now,
+	_, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 	return err == nil
+}
+
+// signingRoots is the roots among trusted that chain verifies against.
+func signingRoots(chain, trusted []*x509.Certificate, now time.Time) []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, r := range trusted {
+		if chainsTo(chain, []*x509.Certificate{r}, now) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func containsCert(list []*x509.Certificate, c *x509.Certificate) bool {

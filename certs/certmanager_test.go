@@ -395,27 +395,58 @@ func TestExternalIssuerRestartDuringHoldBack(t *testing.T) {
 		t.Fatalf("old root retires at %s, want %s", next, t0.Add(2*overlap))
 	}
 
-	// The restored schedule holds back what comes next: cert-manager
-	// renews under the new root, which peers trust only from one overlap
-	// after it entered the bundle (t0), not from the restart.
+	// A renewal under the same new root signs at once: leaves under that
+	// root are out already, holding it back would protect no peer.
 	renewed, renewedKey, renewedCA := newRoot.issue(t, clk.Now(), 90*24*time.Hour)
 	load(t, r, renewed, renewedKey, renewedCA)
-	if l := issue(t, r, id, 0); !l[1].Equal(mustParse(t, newCrt)) {
-		t.Fatal("a renewal under roots still in their overlap signed at once after the restart")
+	if l := issue(t, r, id, 0); !l[1].Equal(mustParse(t, renewed)) {
+		t.Fatal("a renewal under the root already signing was held back")
 	}
-	if next := r.advance(); !next.Equal(t0.Add(overlap)) {
-		t.Fatalf("the renewal signs at %s, want %s (one overlap after its roots entered the bundle)", next, t0.Add(overlap))
-	}
-	// Restarting again: the Secret holds the renewal, whose key is read
-	// from there, and it signs (the one before it is gone); the old root
-	// still stays until its time.
+	// Restarting again, the old root still stays until its time.
 	q := restoredExternal(t, clk, st, leafTTL)
 	load(t, q, renewed, renewedKey, renewedCA)
-	if l := issue(t, q, id, 0); !l[1].Equal(mustParse(t, renewed)) {
-		t.Fatal("not signing with the issued renewal after the second restart")
-	}
 	if next := q.advance(); !bundleHas(q, oldRoot.cert) || !next.Equal(t0.Add(2*overlap)) {
 		t.Fatalf("after the second restart the old root retires at %s, want %s", next, t0.Add(2*overlap))
+	}
+}
+
+// A root that entered ca.crt before a restart keeps its date: an
+// intermediate that moves under it after the restart is held back until
+// one overlap after that date, not signing at once as under a root every
+// peer knew from the start.
+func TestExternalIssuerRestartKeepsWhenRootsEntered(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	const leafTTL = time.Hour
+	overlap := Overlap(leafTTL, DefaultSkew)
+	id := Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
+	oldRoot, newRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0)
+	both := EncodeCerts([]*x509.Certificate{oldRoot.cert, newRoot.cert})
+	st := &memStorage{}
+	e := restoredExternal(t, clk, st, leafTTL)
+	mustLoad(t, e, oldRoot, t0)
+	// The issuer's ca.crt gains the new root (a CA bundle rollover); the
+	// intermediate is still under the old one.
+	clk.Step(time.Minute)
+	crt, key, _ := oldRoot.issue(t, clk.Now(), 90*24*time.Hour)
+	load(t, e, crt, key, both)
+	entered := clk.Now()
+
+	clk.Step(overlap / 2)
+	r := restoredExternal(t, clk, st, leafTTL)
+	load(t, r, crt, key, both)
+	// Now the intermediate moves under the new root.
+	newCrt, newKey, _ := newRoot.issue(t, clk.Now(), 90*24*time.Hour)
+	load(t, r, newCrt, newKey, both)
+	if l := issue(t, r, id, 0); !l[1].Equal(mustParse(t, crt)) {
+		t.Fatal("an intermediate under a root that entered the bundle half an overlap ago signed at once after a restart")
+	}
+	if next := r.advance(); !next.Equal(entered.Add(overlap)) {
+		t.Fatalf("it signs at %s, want one overlap after its root entered the bundle, %s", next, entered.Add(overlap))
+	}
+	clk.Step(overlap / 2)
+	r.advance()
+	if l := issue(t, r, id, 0); !l[1].Equal(mustParse(t, newCrt)) {
+		t.Fatal("not signing with it once due")
 	}
 }
 
