@@ -297,12 +297,18 @@ func differingPayloads(sel *selection, known map[string]string) []*anypb.Any {
 }
 
 // changedPayloads is what a partial response carries: the resources among
-// changed that the subscription selects and that still exist, by name.
+// changed that the subscription selects and that still exist, by name. It
+// walks the smaller of the two sets, as interested does.
 func changedPayloads(ts *typeSnapshot, sub cachev3.Subscription, changed map[string]struct{}) []*anypb.Any {
-	wildcard, subscribed := sub.IsWildcard(), sub.SubscribedResources()
+	small, large := changed, sub.SubscribedResources()
+	if sub.IsWildcard() {
+		large = nil
+	} else if len(large) < len(small) {
+		small, large = large, small
+	}
 	var entries []*entry
-	for name := range changed {
-		if _, ok := subscribed[name]; !ok && !wildcard {
+	for name := range small {
+		if _, ok := large[name]; !ok && large != nil {
 			continue
 		}
 		if e := ts.byName[name]; e != nil {
@@ -338,7 +344,8 @@ type sotwResponse struct {
 	out *discoveryv3.DiscoveryResponse
 
 	// entries makes the ReturnedResources map, built on the stream's
-	// goroutine when the server asks for it rather than under the cache lock.
+	// goroutine when the server asks for it rather than while an Update
+	// answers every woken watch.
 	entries  []*entry
 	once     sync.Once
 	returned map[string]string
