@@ -79,17 +79,21 @@ func (t *interner) strings(s []string) {
 // versions returns m (a delta client's initial_resource_versions, name to
 // version) with interned keys and values. go-control-plane adopts that map
 // as the stream's first ReturnedResources, and the cache copies its strings
-// into every later one, so it is rebuilt rather than kept.
+// into every later one, so it is rebuilt rather than kept. The map is built
+// outside the lock: after a restart every proxy reconnects with one.
 func (t *interner) versions(m map[string]string) map[string]string {
 	if len(m) == 0 {
 		return m
 	}
-	out := make(map[string]string, len(m))
-	t.mu.Lock()
+	kv := make([]string, 0, 2*len(m))
 	for k, v := range m {
-		out[t.internLocked(k)] = t.internLocked(v)
+		kv = append(kv, k, v)
 	}
-	t.mu.Unlock()
+	t.strings(kv)
+	out := make(map[string]string, len(m))
+	for i := 0; i < len(kv); i += 2 {
+		out[kv[i]] = kv[i+1]
+	}
 	return out
 }
 

@@ -323,3 +323,17 @@ func BenchmarkInternACK(b *testing.B) {
 		in.strings(req)
 	}
 }
+
+// BenchmarkInternInitialVersions is the cost interning adds to a delta
+// sidecar reconnecting with the versions of 1,000 resources of one type.
+func BenchmarkInternInitialVersions(b *testing.B) {
+	in := newInterner(internLimit)
+	held := make(map[string]string, 1000)
+	for i := range 1000 {
+		held[fmt.Sprintf("outbound|8080||svc-%04d.ns-%02d.svc.cluster.local", i, i%20)] = fmt.Sprintf("%016x", i)
+	}
+	in.versions(held)
+	for b.Loop() {
+		in.versions(held)
+	}
+}
