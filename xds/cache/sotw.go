@@ -300,15 +300,14 @@ func differingPayloads(sel *selection, known map[string]string) []*anypb.Any {
 // changed that the subscription selects and that still exist, by name. It
 // walks the smaller of the two sets, as interested does.
 func changedPayloads(ts *typeSnapshot, sub cachev3.Subscription, changed map[string]struct{}) []*anypb.Any {
+	wildcard := sub.IsWildcard()
 	small, large := changed, sub.SubscribedResources()
-	if sub.IsWildcard() {
-		large = nil
-	} else if len(large) < len(small) {
+	if !wildcard && len(large) < len(small) {
 		small, large = large, small
 	}
 	var entries []*entry
 	for name := range small {
-		if _, ok := large[name]; !ok && large != nil {
+		if _, ok := large[name]; !ok && !wildcard {
 			continue
 		}
 		if e := ts.byName[name]; e != nil {
