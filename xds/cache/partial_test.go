@@ -94,6 +94,17 @@ func TestSotwEndpointsCarryOnlyWhatChanged(t *testing.T) {
 	if diff := cmp.Diff(want, held); diff != "" {
 		t.Errorf("client holds (-want +got):\n%s", diff)
 	}
+
+	// A change of more than a client subscribes to brings it its part.
+	one := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
+	one.request([]string{"a", "b"}, "")
+	one.ack(one.receive())
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.5", "b": "10.0.0.99", "c": "10.0.0.6", "d": "10.0.0.7"}))
+	out = one.receive()
+	if diff := cmp.Diff([]string{"a"}, names(out, claName)); diff != "" {
+		t.Errorf("a, c and d changed, a and b subscribed (-want +got):\n%s", diff)
+	}
+	checkHolds(t, c, one, out)
 }
 
 // Clusters (and listeners) stay the state of the world: a client takes a
