@@ -102,6 +102,10 @@ type fileScan struct {
 	seeds   map[string][]byte
 	saved   map[string][]byte
 	unsaved bool
+	// changed says that the good content of some file changed since the
+	// last snapshot was assembled, and config that it changed in more than
+	// EndpointSlices.
+	changed, config bool
 
 	mu sync.Mutex
 	// watched are the watched directories.
@@ -283,24 +287,64 @@ func (f *fileScan) build(b Burst) {
 	}
 	f.seeds = nil
 	f.remember()
-	snap := f.assemble(f.sortedPaths())
-	if f.published != nil && reflect.DeepEqual(f.published, snap) {
-		return
+	if f.published != nil {
+		if !f.changed {
+			return
+		}
+		if b.Endpoints && f.config {
+			f.hold()
+			return
+		}
 	}
-	if b.Endpoints && !endpointsOnly(f.published, snap) {
-		f.hold()
+	snap := f.assemble(f.sortedPaths())
+	// The files' changes may cancel out (an object moved from one file to
+	// another) or hide behind a duplicate; a full comparison is cheap where
+	// the snapshots share their unchanged slices, and is left out only for
+	// endpoint changes without duplicates, where it is needless.
+	same := false
+	if f.published != nil && (f.config || len(f.dups) > 0) {
+		same = reflect.DeepEqual(f.published, snap)
+	}
+	f.changed, f.config = false, false
+	if same {
 		return
 	}
 	f.published = snap
 	f.publish(snap)
 }
 
-// endpointsOnly says whether next differs from prev in EndpointSlices only.
-func endpointsOnly(prev, next *model.Snapshot) bool {
-	return prev != nil &&
-		reflect.DeepEqual(prev.Services, next.Services) &&
-		reflect.DeepEqual(prev.Policies, next.Policies) &&
-		reflect.DeepEqual(prev.Routes, next.Routes)
+// replaced records that a file's good content went from old to new (either
+// nil when there is none) for the next build.
+func (f *fileScan) replaced(old, new *Objects) {
+	var o, n Objects
+	if old != nil {
+		o = *old
+	}
+	if new != nil {
+		n = *new
+	}
+	if !same(o.Services, n.Services) || !same(o.Policies, n.Policies) || !same(o.Routes, n.Routes) {
+		f.changed, f.config = true, true
+	}
+	if !same(o.EndpointSlices, n.EndpointSlices) {
+		f.changed = true
+	}
+	f.unsaved = true
+}
+
+func same[T any](a, b []T) bool {
+	return len(a) == 0 && len(b) == 0 || reflect.DeepEqual(a, b)
+}
+
+// sortInner puts the inner lists of a file's objects (ports, endpoints) in
+// snapshot order once, when the file is read, so that every snapshot
+// assembled from them can share them instead of copying and sorting them
+// again: they are never modified afterwards.
+func sortInner(o *Objects) {
+	(&model.Snapshot{
+		Services:       slices.Clone(o.Services),
+		EndpointSlices: slices.Clone(o.EndpointSlices),
+	}).Sort()
 }
 
 // scan reads the whole tree, reporting false if Dir cannot be read.
@@ -372,7 +416,7 @@ func (f *fileScan) forget(p string) {
 	delete(f.files, p)
 	f.paths = nil
 	if st.good != nil {
-		f.unsaved = true
+		f.replaced(st.good, nil)
 	}
 }
 
@@ -499,8 +543,9 @@ func (f *fileScan) read(p string) {
 		f.log.Debug("skipping object of a kind the mesh does not read",
 			"path", p, "document", r.Document, "apiVersion", r.APIVersion, "kind", r.Kind, "object", r.Key.String())
 	}
+	sortInner(objs)
+	f.replaced(st.good, objs)
 	st.good, st.goodData = objs, data
-	f.unsaved = true
 }
 
 // recall gives a file that is broken at startup the content it had when it
@@ -516,8 +561,9 @@ func (f *fileScan) recall(p string, st *fileState) {
 		return
 	}
 	f.log.Warn("using the last good content from the previous run", "path", p)
+	sortInner(objs)
+	f.replaced(st.good, objs)
 	st.good, st.goodData = objs, seed
-	f.unsaved = true
 }
 
 // remember hands the good content of every file to Memory when it changed.
@@ -556,7 +602,11 @@ func (f *fileScan) assemble(paths []string) *model.Snapshot {
 		kind string
 		key  model.Key
 	}
-	owner := map[id]string{}
+	objects := 0
+	if f.published != nil {
+		objects = len(f.published.Services) + len(f.published.EndpointSlices) + len(f.published.Policies) + len(f.published.Routes)
+	}
+	owner := make(map[id]string, objects)
 	dups := map[string]bool{}
 	keep := func(kind string, key model.Key, p string) bool {
 		k := id{kind, key}
@@ -579,17 +629,14 @@ func (f *fileScan) assemble(paths []string) *model.Snapshot {
 		if st == nil || st.good == nil {
 			continue
 		}
-		// Sort reorders the inner slices in place; copies keep a published
-		// snapshot, which readers may still hold, from ever changing.
+		// The inner slices are sorted already (sortInner) and shared.
 		for _, s := range st.good.Services {
 			if keep(KindService, s.Key, p) {
-				s.Ports = slices.Clone(s.Ports)
 				snap.Services = append(snap.Services, s)
 			}
 		}
 		for _, s := range st.good.EndpointSlices {
 			if keep(KindEndpointSlice, s.Key, p) {
-				s.Ports, s.Endpoints = slices.Clone(s.Ports), slices.Clone(s.Endpoints)
 				snap.EndpointSlices = append(snap.EndpointSlices, s)
 			}
 		}
@@ -605,6 +652,19 @@ func (f *fileScan) assemble(paths []string) *model.Snapshot {
 		}
 	}
 	f.dups = dups
-	snap.Sort()
+	// Sorting the whole snapshot would sort the shared inner slices in
+	// place, which readers of published snapshots may be reading.
+	byKey := func(a, b model.Key) int {
+		switch {
+		case a.Less(b):
+			return -1
+		case b.Less(a):
+			return 1
+		}
+		return 0
+	}
+	slices.SortFunc(snap.Services, func(a, b model.Service) int { return byKey(a.Key, b.Key) })
+	slices.SortFunc(snap.EndpointSlices, func(a, b model.EndpointSlice) int { return byKey(a.Key, b.Key) })
+	(&model.Snapshot{Policies: snap.Policies, Routes: snap.Routes}).Sort()
 	return snap
 }

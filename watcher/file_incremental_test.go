@@ -428,3 +428,66 @@ func TestFileSourceEndpointFlipTakesTheEndpointHoldOff(t *testing.T) {
 	}
 	r.waitFor(t, "EndpointSlice file removed", func(s *model.Snapshot) bool { return !slices.Contains(addresses(s), "127.0.0.7") })
 }
+
+// BenchmarkFileScanFlip measures one endpoint flip in a tree of 1,000
+// Service files (a Service and a 10-endpoint EndpointSlice each), from the
+// file's event to the published snapshot: re-reading the changed file
+// only, and rescanning the whole tree as a directory event does.
+func BenchmarkFileScanFlip(b *testing.B) {
+	dir := b.TempDir()
+	const services = 1000
+	file := func(i, flip int) (string, string) {
+		var s strings.Builder
+		fmt.Fprintf(&s, "apiVersion: v1\nkind: Service\nmetadata: {name: s%d, namespace: ns%d}\nspec:\n  ports:\n  - {name: grpc, port: 8080}\n---\n", i, i/50)
+		fmt.Fprintf(&s, "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s%d-1, namespace: ns%d, labels: {kubernetes.io/service-name: s%d}}\naddressType: IPv4\nports: [{name: grpc, port: 8080}]\nendpoints:\n", i, i/50, i)
+		for e := range 10 {
+			fmt.Fprintf(&s, "- addresses: [10.%d.%d.%d]\n  conditions: {ready: %t}\n", i/250, i%250, e, e != flip)
+		}
+		return filepath.Join(dir, fmt.Sprintf("ns%d", i/50), fmt.Sprintf("s%d.yaml", i)), s.String()
+	}
+	for i := range services {
+		p, c := file(i, -1)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	flips := make([]int, services) // so that every write changes its file
+	for _, mode := range []string{"changed file", "full rescan"} {
+		b.Run(mode, func(b *testing.B) {
+			w, err := fsnotify.NewWatcher()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer w.Close()
+			published := 0
+			f := newFileScan(&FileSource{Dir: dir, OnError: func(err error) { b.Fatal(err) }}, slog.New(slog.DiscardHandler), w, func(*model.Snapshot) { published++ })
+			f.hold = func() { b.Fatal("held") }
+			f.build(Burst{})
+			i := 0
+			for b.Loop() {
+				i++
+				k := i % services
+				flips[k]++
+				p, c := file(k, flips[k]%10)
+				if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
+					b.Fatal(err)
+				}
+				burst := Burst{Endpoints: true}
+				if mode == "full rescan" {
+					f.mu.Lock()
+					f.rescan = true
+					f.mu.Unlock()
+				} else {
+					f.note(p)
+				}
+				f.build(burst)
+			}
+			if published != b.N+1 {
+				b.Fatalf("%d publishes for %d flips", published, b.N)
+			}
+		})
+	}
+}
