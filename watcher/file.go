@@ -30,6 +30,13 @@ import (
 // editors' temporary files and the "..data" internals of a mounted
 // ConfigMap (whose visible files are symlinks, and are followed).
 //
+// The whole tree is read at startup; afterwards a change re-reads only the
+// files named by its events, so a flip costs one file at any tree size. A
+// directory created, removed or renamed, a lost event (a watch queue
+// overflow) or a ConfigMap's data swap rescans the whole tree. A change
+// that alters nothing but EndpointSlices is published after the short
+// EndpointHoldOff, any other after HoldOff.
+//
 // A file that does not parse is logged with its path and reason and keeps
 // contributing its last good content, so a half-saved edit never takes
 // objects away from the proxies; a file that was never good contributes
