@@ -63,7 +63,7 @@ type controlPlane struct {
 	logs  *syncBuffer
 }
 
-func startControlPlane(t *testing.T) *controlPlane {
+func startControlPlane(t testing.TB) *controlPlane {
 	t.Helper()
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -89,7 +89,7 @@ func startControlPlane(t *testing.T) *controlPlane {
 }
 
 // dial opens a plain gRPC connection to the control plane.
-func (cp *controlPlane) dial(t *testing.T) *grpc.ClientConn {
+func (cp *controlPlane) dial(t testing.TB) *grpc.ClientConn {
 	t.Helper()
 	cc, err := grpc.NewClient(cp.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"testing"
 
@@ -57,6 +58,71 @@ func BenchmarkSecureStreamMemory(b *testing.B) {
 	}
 	b.ReportMetric(heap/float64(b.N*streams), "heap-B/stream")
 	b.ReportMetric(stack/float64(b.N*streams), "stack-B/stream")
+}
+
+// BenchmarkDeltaReconnectMemory reports what a delta sidecar costs once it
+// has reconnected holding all of 1,000 clusters, the state after a control
+// plane restart: its initial_resource_versions become the versions the
+// server keeps for it.
+func BenchmarkDeltaReconnectMemory(b *testing.B) {
+	const streams = 100
+	cp := startControlPlane(b)
+	eps := map[string]string{}
+	var names []string
+	for i := range 1000 {
+		n := fmt.Sprintf("svc-%04d.ns-%02d.svc.cluster.local", i, i%20)
+		names = append(names, n)
+		eps[n] = "10.0.0.1:8080"
+	}
+	update(b, cp.cache, node.Envoy, sidecarServices(b, eps, names...))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	held := map[string]string{}
+	first := dialDelta(ctx, b, cp, nil)
+	for _, r := range first.GetResources() {
+		held[r.GetName()] = r.GetVersion()
+	}
+	if len(held) != len(names) {
+		b.Fatalf("first sidecar received %d clusters, want %d", len(held), len(names))
+	}
+
+	var heap float64
+	for b.Loop() {
+		before := settled()
+		streamCtx, cancelStreams := context.WithCancel(ctx)
+		for range streams {
+			dialDelta(streamCtx, b, cp, held)
+		}
+		after := settled()
+		heap += float64(after.HeapInuse) - float64(before.HeapInuse)
+		cancelStreams()
+		eventually(b, "every reconnected stream to close", func() bool {
+			return cp.metric(b, "fjord_xds_connected_proxies", "kind", string(node.Envoy)) == 1
+		})
+	}
+	b.ReportMetric(heap/float64(b.N*streams), "heap-B/stream")
+}
+
+// dialDelta opens a delta ADS stream on its own connection that subscribes
+// to every cluster holding held, receives the first response and ACKs it.
+// The stream lives until ctx ends.
+func dialDelta(ctx context.Context, b *testing.B, cp *controlPlane, held map[string]string) *discoveryv3.DeltaDiscoveryResponse {
+	b.Helper()
+	d, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cp.dial(b)).DeltaAggregatedResources(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := d.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoySidecar.Node(), TypeUrl: resourcev3.ClusterType, InitialResourceVersions: held}); err != nil {
+		b.Fatal(err)
+	}
+	resp, err := d.Recv()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := d.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: resp.GetNonce()}); err != nil {
+		b.Fatal(err)
+	}
+	return resp
 }
 
 // settled is the memory in use after two collections (the second frees
