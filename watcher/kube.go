@@ -70,8 +70,9 @@ type KubeOptions struct {
 // KubeSource is the Kubernetes-mode Source. It runs controller-runtime
 // informer caches of Services, EndpointSlices, Pods, Namespaces,
 // ResiliencePolicies and, when Gateway API is installed, HTTPRoutes and
-// GRPCRoutes; every event triggers the coalescer, and every build lists the
-// caches into a fresh model snapshot. Nothing is published before all
+// GRPCRoutes; every event triggers the coalescer (EndpointSlice and Pod
+// events with its short endpoint hold-off, as they change nothing but
+// endpoints), and every build lists the caches into a fresh model snapshot. Nothing is published before all
 // caches have synced, so the proxies never see the partial view of a
 // control plane that is still starting, and a build that changes nothing
 // publishes nothing.
