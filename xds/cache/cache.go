@@ -100,11 +100,13 @@ type typeSnapshot struct {
 	all     *selection // the whole set, shared by wildcard responses
 
 	// selections memoises state-of-the-world selections by a fingerprint of
-	// the subscribed names; memoised counts the names it holds. Both are
-	// guarded by memoMu (see choose), not Cache.mu, because responses are
-	// built outside Cache.mu.
+	// the subscribed names, byList the same selections by a request's list
+	// of names; memoised counts the names it holds. All are guarded by
+	// memoMu (see choose), not Cache.mu, because responses are built
+	// outside Cache.mu.
 	memoMu     sync.Mutex
 	selections map[uint64][]*selection
+	byList     map[listKey][]*selection
 	memoised   int
 }
 

@@ -90,6 +90,7 @@ func (c *Cache) Fetch(_ context.Context, req *cachev3.Request) (cachev3.Response
 // to the same names shares it.
 type selection struct {
 	names    *memoNames // the subscribed names, when memoised
+	list     []string   // a request's resource_names for them, see choose
 	entries  []*entry
 	payloads []*anypb.Any
 	version  string
@@ -158,15 +159,35 @@ func sotwSelect(ts *typeSnapshot, wildcard bool, names map[string]struct{}) *sel
 // and distinct set instead of twice per watch. Snapshots are replaced, never
 // changed, so a memoised selection cannot go stale.
 //
-// known, if not nil, is a memoNames already found equal to names (the one the
-// watch matched in an earlier snapshot): it is looked up by pointer first,
-// and stored as the key of a new memo entry. choose returns the selection
-// and the memoNames now memoised for names (known itself when the memo is
-// full).
-func (ts *typeSnapshot) choose(wildcard bool, names map[string]struct{}, known *memoNames) (*selection, *memoNames) {
+// A selection is found, cheapest first:
+//   - by known, if not nil: the memoNames the watch matched in an earlier
+//     snapshot (an Update's woken watches), compared by pointer;
+//   - by list, the request's resource_names, which the subscription's names
+//     are the set of: a client sends the same list in the same order with
+//     every ACK, and comparing two lists costs far less than hashing and
+//     looking up a thousand names (the ACKs after a push);
+//   - by the fingerprint of names, compared name by name.
+//
+// choose returns the selection and the memoNames now memoised for names
+// (known itself when the memo is full).
+func (ts *typeSnapshot) choose(wildcard bool, names map[string]struct{}, list []string, known *memoNames) (*selection, *memoNames) {
 	if wildcard || len(names) == 0 || len(ts.sorted) == 0 {
 		// Nothing to save, and the shared empty snapshot stays unwritten.
 		return sotwSelect(ts, wildcard, names), known
+	}
+	lk := listKey{n: len(list)}
+	if len(list) > 0 {
+		lk.first, lk.last = list[0], list[len(list)-1]
+	}
+	if known == nil && len(list) > 0 {
+		ts.memoMu.Lock()
+		for _, sel := range ts.byList[lk] {
+			if slices.Equal(sel.list, list) {
+				ts.memoMu.Unlock()
+				return sel, sel.names
+			}
+		}
+		ts.memoMu.Unlock()
 	}
 	key := uint64(0)
 	if known != nil {
@@ -178,6 +199,7 @@ func (ts *typeSnapshot) choose(wildcard bool, names map[string]struct{}, known *
 	defer ts.memoMu.Unlock()
 	for _, sel := range ts.selections[key] {
 		if sel.names == known || sameNames(sel.names.m, names) {
+			ts.indexListLocked(sel, lk, list)
 			return sel, sel.names
 		}
 	}
@@ -194,7 +216,27 @@ func (ts *typeSnapshot) choose(wildcard bool, names map[string]struct{}, known *
 	}
 	ts.selections[key] = append(ts.selections[key], sel)
 	ts.memoised += len(names)
+	ts.indexListLocked(sel, lk, list)
 	return sel, known
+}
+
+// listKey narrows the memoised selections a resource_names list can match.
+type listKey struct {
+	n           int
+	first, last string
+}
+
+// indexListLocked lets a memoised selection be found by the request list
+// its names came from, if it has none yet. ts.memoMu must be held.
+func (ts *typeSnapshot) indexListLocked(sel *selection, lk listKey, list []string) {
+	if sel.list != nil || len(list) == 0 {
+		return
+	}
+	sel.list = list
+	if ts.byList == nil {
+		ts.byList = map[listKey][]*selection{}
+	}
+	ts.byList[lk] = append(ts.byList[lk], sel)
 }
 
 func sameNames(a, b map[string]struct{}) bool {
@@ -261,7 +303,7 @@ var partialTypes = [numTypes]bool{endpointType: true, routeType: true}
 // which the server changes only after cancel has returned.
 func (w *watch) sotwRespond(ts *typeSnapshot, changed map[string]struct{}) cachev3.Response {
 	req, sub := w.sotwReq, w.sub
-	sel, ns := ts.choose(sub.IsWildcard(), sub.SubscribedResources(), w.names)
+	sel, ns := ts.choose(sub.IsWildcard(), sub.SubscribedResources(), req.GetResourceNames(), w.names)
 	w.names = ns
 	if req.GetErrorDetail() == nil && req.GetVersionInfo() == sel.version {
 		// An ACK of exactly this selection's version: the client holds it.

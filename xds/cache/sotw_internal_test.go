@@ -79,12 +79,12 @@ func TestSotwSelect(t *testing.T) {
 // whose fingerprint it shares.
 func TestChooseMemoises(t *testing.T) {
 	ts := selectionSnapshot(40)
-	first, names := ts.choose(false, nameSet("r001", "r002", "r003"), nil)
-	again, againNames := ts.choose(false, nameSet("r003", "r001", "r002"), nil)
+	first, names := ts.choose(false, nameSet("r001", "r002", "r003"), nil, nil)
+	again, againNames := ts.choose(false, nameSet("r003", "r001", "r002"), nil, nil)
 	if first != again || names != againNames {
 		t.Errorf("equal set of names built a second selection")
 	}
-	other, _ := ts.choose(false, nameSet("r001", "r002"), nil)
+	other, _ := ts.choose(false, nameSet("r001", "r002"), nil, nil)
 	if diff := cmp.Diff([]string{"r001", "r002"}, selectedNames(other)); diff != "" {
 		t.Errorf("smaller set (-want +got):\n%s", diff)
 	}
@@ -92,14 +92,14 @@ func TestChooseMemoises(t *testing.T) {
 	// The next snapshot finds the selection for names a watch matched
 	// before by the same memo entry, and memoises under it.
 	next := selectionSnapshot(41)
-	moved, movedNames := next.choose(false, nameSet("r001", "r002", "r003"), names)
+	moved, movedNames := next.choose(false, nameSet("r001", "r002", "r003"), nil, names)
 	if movedNames != names {
 		t.Errorf("next snapshot memoised a new entry for known names")
 	}
 	if diff := cmp.Diff([]string{"r001", "r002", "r003"}, selectedNames(moved)); diff != "" {
 		t.Errorf("next snapshot (-want +got):\n%s", diff)
 	}
-	if again, _ := next.choose(false, nameSet("r002", "r003", "r001"), nil); again != moved {
+	if again, _ := next.choose(false, nameSet("r002", "r003", "r001"), nil, nil); again != moved {
 		t.Errorf("equal names without the memo entry built a second selection")
 	}
 
@@ -108,15 +108,37 @@ func TestChooseMemoises(t *testing.T) {
 	wanted := nameSet("r010", "r011")
 	key := fingerprint(wanted)
 	ts.selections[key] = append(ts.selections[key], &selection{names: &memoNames{key: key, m: nameSet("r030", "r031")}, version: "planted"})
-	got, _ := ts.choose(false, wanted, nil)
+	got, _ := ts.choose(false, wanted, nil, nil)
 	if got.version == "planted" || !slices.Equal(selectedNames(got), []string{"r010", "r011"}) {
 		t.Errorf("colliding fingerprint answered with %v (version %q)", selectedNames(got), got.version)
 	}
 
-	if all, _ := ts.choose(true, nil, nil); all != ts.all {
+	// A request's list of names finds the selection made for it, and only
+	// an equal list does.
+	list := []string{"r005", "r006", "r007"}
+	byNames, _ := ts.choose(false, nameSet(list...), list, nil)
+	if again, _ := ts.choose(false, nameSet(list...), slices.Clone(list), nil); again != byNames {
+		t.Errorf("an equal list built a second selection")
+	}
+	reordered := []string{"r007", "r006", "r005"}
+	if again, _ := ts.choose(false, nameSet(reordered...), reordered, nil); again != byNames {
+		t.Errorf("the same names in another order built a second selection")
+	}
+	// A list that shares the index key of another is not answered with
+	// the other's selection.
+	sibling := []string{"r005", "r009", "r007"}
+	lk := listKey{n: 3, first: "r005", last: "r007"}
+	if len(ts.byList[lk]) != 1 {
+		t.Fatalf("list index %v, want the one selection", ts.byList[lk])
+	}
+	if got, _ := ts.choose(false, nameSet(sibling...), sibling, nil); got == byNames || !slices.Equal(selectedNames(got), []string{"r005", "r007", "r009"}) {
+		t.Errorf("list sharing a key answered with %v", selectedNames(got))
+	}
+
+	if all, _ := ts.choose(true, nil, nil, nil); all != ts.all {
 		t.Errorf("wildcard selection is not the whole set")
 	}
-	if emptySnapshot.choose(false, nameSet("a"), nil); emptySnapshot.selections != nil {
+	if emptySnapshot.choose(false, nameSet("a"), []string{"a"}, nil); emptySnapshot.selections != nil || emptySnapshot.byList != nil {
 		t.Errorf("the shared empty snapshot was written")
 	}
 }
