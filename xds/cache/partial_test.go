@@ -414,3 +414,20 @@ func TestSotwFanOutAndCancel(t *testing.T) {
 		}
 	}
 }
+
+// Clients with the same subscription share a selection, but each response's
+// ReturnedResources is the client's own: the server deletes from it when
+// that client's subscription shrinks.
+func TestSotwReturnedResourcesAreNotShared(t *testing.T) {
+	c := newCache(t, services(abc))
+	x := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
+	y := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
+	for _, s := range []*sotwClient{x, y} {
+		s.request([]string{"a", "b", "c"}, "")
+		s.ack(s.receive())
+	}
+	x.request([]string{"a", "b"}, "")
+	if _, ok := y.sub.ReturnedResources()["c"]; !ok {
+		t.Errorf("one client's shrink removed c from another's ReturnedResources")
+	}
+}

@@ -94,6 +94,22 @@ type selection struct {
 	entries  []*entry
 	payloads []*anypb.Any
 	version  string
+
+	// versions maps each entry to its version: the ReturnedResources of
+	// every response of this selection, built once, cloned per response
+	// (copying a map costs a third of building it).
+	versionsOnce sync.Once
+	versions     map[string]string
+}
+
+func (sel *selection) versionMap() map[string]string {
+	sel.versionsOnce.Do(func() {
+		sel.versions = make(map[string]string, len(sel.entries))
+		for _, e := range sel.entries {
+			sel.versions[e.name] = e.version
+		}
+	})
+	return sel.versions
 }
 
 // memoNames is a memoised set of subscribed names with its fingerprint. A
@@ -384,10 +400,10 @@ type sotwResponse struct {
 	req *discoveryv3.DiscoveryRequest
 	out *discoveryv3.DiscoveryResponse
 
-	// entries makes the ReturnedResources map, built on the stream's
+	// sel makes the ReturnedResources map, copied on the stream's
 	// goroutine when the server asks for it rather than while an Update
 	// answers every woken watch.
-	entries  []*entry
+	sel      *selection
 	once     sync.Once
 	returned map[string]string
 }
@@ -405,7 +421,7 @@ func newSotwResponse(req *cachev3.Request, sel *selection, payloads []*anypb.Any
 			Resources: payloads,
 			TypeUrl:   req.GetTypeUrl(),
 		},
-		entries: sel.entries,
+		sel: sel,
 	}
 }
 
@@ -430,10 +446,7 @@ func (r *sotwResponse) GetReturnedResources() map[string]string {
 	r.once.Do(func() {
 		// The server deletes from this map when the subscription shrinks,
 		// so every response gets its own.
-		r.returned = make(map[string]string, len(r.entries))
-		for _, e := range r.entries {
-			r.returned[e.name] = e.version
-		}
+		r.returned = maps.Clone(r.sel.versionMap())
 	})
 	return r.returned
 }
