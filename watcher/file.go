@@ -305,9 +305,11 @@ func (f *fileScan) build(b Burst) {
 	}
 	snap := f.assemble(f.sortedPaths())
 	// The files' changes may cancel out (an object moved from one file to
-	// another) or hide behind a duplicate; a full comparison is cheap where
-	// the snapshots share their unchanged slices, and is left out only for
-	// endpoint changes without duplicates, where it is needless.
+	// another) or hide behind a duplicate, so the snapshots are compared;
+	// that is cheap, as they share their unchanged slices. It is left out
+	// for endpoint changes without duplicates, which at worst republish an
+	// identical snapshot (an EndpointSlice moved between files in one
+	// burst).
 	same := false
 	if f.published != nil && (f.config || len(f.dups) > 0) {
 		same = reflect.DeepEqual(f.published, snap)
