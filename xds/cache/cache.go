@@ -114,17 +114,17 @@ var emptySnapshot = newTypeSnapshot(nil, "0")
 
 func newTypeSnapshot(sorted []*entry, gen string) *typeSnapshot {
 	ts := &typeSnapshot{
-		byName:  make(map[string]*entry, len(sorted)),
-		sorted:  sorted,
-		version: setVersion(sorted),
-		gen:     gen,
+		byName: make(map[string]*entry, len(sorted)),
+		sorted: sorted,
+		gen:    gen,
 	}
 	anys := make([]*anypb.Any, len(sorted))
 	for i, e := range sorted {
 		ts.byName[e.name] = e
 		anys[i] = e.any
 	}
-	ts.all = &selection{entries: sorted, payloads: anys, version: ts.version}
+	ts.all = newSelection(sorted, anys)
+	ts.version = ts.all.version
 	return ts
 }
 
@@ -150,6 +150,10 @@ type Cache struct {
 
 	mu    sync.Mutex
 	kinds map[node.Kind]*kindState
+
+	// recent turns the selection versions state-of-the-world clients are
+	// recorded as holding back into resources; it has its own lock.
+	recent recentSelections
 }
 
 var _ cachev3.Cache = (*Cache)(nil)

@@ -7,6 +7,8 @@
 // set; Patch changes a few resources of it (the endpoint fast path), with
 // the same validation, versions and wake-ups. State-of-the-world responses
 // for load assignments and route configurations carry only what a client
-// is proven to lack (see sotwRespond), and the responses an Update wakes
+// is proven to lack (see sotwRespond), what each state-of-the-world client
+// was sent is recorded as the version of a shared selection rather than a
+// map of every name (see sotwMarker), and the responses an Update wakes
 // are built and sent in parallel, outside the cache lock (see fanOut).
 package cache

@@ -417,7 +417,7 @@ func TestSotwFanOutAndCancel(t *testing.T) {
 
 // Clients with the same subscription share a selection, but each response's
 // ReturnedResources is the client's own: the server deletes from it when
-// that client's subscription shrinks.
+// that client's subscription shrinks, and the cache may rewrite it.
 func TestSotwReturnedResourcesAreNotShared(t *testing.T) {
 	c := newCache(t, services(abc))
 	x := newSotwClient(t, c, node.GRPC, resourcev3.EndpointType, false)
@@ -426,8 +426,19 @@ func TestSotwReturnedResourcesAreNotShared(t *testing.T) {
 		s.request([]string{"a", "b", "c"}, "")
 		s.ack(s.receive())
 	}
-	x.request([]string{"a", "b"}, "")
-	if _, ok := y.sub.ReturnedResources()["c"]; !ok {
-		t.Errorf("one client's shrink removed c from another's ReturnedResources")
+	before := maps.Clone(y.sub.ReturnedResources())
+	for _, shrunk := range [][]string{{"b", "c"}, {"c"}} {
+		x.request(shrunk, "")
+		x.none()
+		if diff := cmp.Diff(before, y.sub.ReturnedResources()); diff != "" {
+			t.Errorf("another client's shrink to %v changed ReturnedResources (-before +after):\n%s", shrunk, diff)
+		}
+	}
+	// y is still known to hold all three: a change sends only it.
+	y.request(y.names, "")
+	y.none()
+	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.33"}))
+	if diff := cmp.Diff([]string{"c"}, names(y.receive(), claName)); diff != "" {
+		t.Errorf("change after another client shrank (-want +got):\n%s", diff)
 	}
 }

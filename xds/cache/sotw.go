@@ -25,7 +25,7 @@ import (
 // exactly this content, is not answered until it changes.
 func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
 	return c.open(req.GetNode(), req.GetTypeUrl(), "xds watch", func(t typ) *watch {
-		return &watch{t: t, sotwReq: req, sotwCh: ch, sub: sub}
+		return &watch{t: t, sotwReq: req, sotwCh: ch, sub: sub, recent: &c.recent}
 	})
 }
 
@@ -81,7 +81,10 @@ func (c *Cache) Fetch(_ context.Context, req *cachev3.Request) (cachev3.Response
 	if req.GetVersionInfo() == sel.version {
 		return nil, &types.SkipFetchError{}
 	}
-	return newSotwResponse(req, sel, sel.payloads), nil
+	r := newSotwResponse(req, sel, sel.payloads)
+	// A one-shot request has no later request to interpret a marker.
+	r.whole = true
+	return r, nil
 }
 
 // selection is what a state-of-the-world response for one set of names
@@ -94,22 +97,12 @@ type selection struct {
 	entries  []*entry
 	payloads []*anypb.Any
 	version  string
-
-	// versions maps each entry to its version: the ReturnedResources of
-	// every response of this selection, built once, cloned per response
-	// (copying a map costs a third of building it).
-	versionsOnce sync.Once
-	versions     map[string]string
+	marker   string // the value of its ReturnedResources entry, see sotwMarker
 }
 
-func (sel *selection) versionMap() map[string]string {
-	sel.versionsOnce.Do(func() {
-		sel.versions = make(map[string]string, len(sel.entries))
-		for _, e := range sel.entries {
-			sel.versions[e.name] = e.version
-		}
-	})
-	return sel.versions
+func newSelection(entries []*entry, payloads []*anypb.Any) *selection {
+	v := setVersion(entries)
+	return &selection{entries: entries, payloads: payloads, version: v, marker: markerPrefix + v}
 }
 
 // memoNames is a memoised set of subscribed names with its fingerprint. A
@@ -165,7 +158,7 @@ func sotwSelect(ts *typeSnapshot, wildcard bool, names map[string]struct{}) *sel
 	for i, e := range entries {
 		payloads[i] = e.any
 	}
-	return &selection{entries: entries, payloads: payloads, version: setVersion(entries)}
+	return newSelection(entries, payloads)
 }
 
 // choose is sotwSelect memoised per snapshot and set of names. Every Update
@@ -284,14 +277,19 @@ var partialTypes = [numTypes]bool{endpointType: true, routeType: true}
 // sotwRespond decides whether a state-of-the-world watch gets a response now,
 // and what it carries.
 //
-// The request's version_info is what the client last accepted. A response is
-// held when:
+// The request's version_info is what the client last accepted. The
+// subscription's ReturnedResources records what it was last sent: the
+// server stores there what each response's GetReturnedResources returns,
+// which is one marker entry naming the version of the selection sent (see
+// sotwMarker), or a map of name -> resource version when reconcile had to
+// spell it out. A response is held when:
 //   - it is an ACK of exactly this set's version, or
-//   - the client was already sent exactly this set (the server records what
-//     it sent as ReturnedResources: name -> resource version). This covers a
-//     NACK: the client keeps its last good config and asks again with the old
-//     version, and sending the rejected content again would only be rejected
-//     again, in a loop, until the content changes.
+//   - the client was already sent exactly this set. This covers a NACK:
+//     the client keeps its last good config and asks again with the old
+//     version, and sending the rejected content again would only be
+//     rejected again, in a loop, until the content changes. A marker
+//     proves it by the set version alone, without the table of recent
+//     selections.
 //
 // For the types that allow it (partialTypes) the response carries only what
 // the client lacks, whenever what it holds is proven:
@@ -301,19 +299,21 @@ var partialTypes = [numTypes]bool{endpointType: true, routeType: true}
 //     the Update that woke the watch changed). This is the endpoint flip:
 //     work and bytes proportional to the change, not to the subscription.
 //   - the request is an ACK (no error_detail, a nonce) of the response that
-//     produced ReturnedResources: its version_info is the version of that
-//     map. The client then holds exactly the map, and lacks the resources
-//     of the selection whose version differs from it: a change that landed
+//     ReturnedResources records: its version_info is the version recorded.
+//     The client then holds exactly that selection (found again in
+//     c.recent, or spelled out), and lacks the resources of the current
+//     selection whose version differs from it: a change that landed
 //     between a response and its ACK, or names added to the subscription.
 //
 // Everything else carries the whole selection: a first request, a
 // reconnect (a new stream knows nothing of the client but its version), a
 // NACK (Envoy rejects the whole response, grpc-go only the bad resources, so
-// what the client holds is unknown) or a request after a shrunk
-// subscription. Either way version_info is the version of the whole
-// selection and ReturnedResources maps all of it, which is what the client
-// holds after applying the response; resources that no longer exist, which
-// state of the world cannot remove for these types, are left out of it.
+// what the client holds is unknown), a request after a shrunk subscription,
+// or a recorded selection c.recent no longer holds. Either way version_info
+// is the version of the whole selection and ReturnedResources records all
+// of it, which is what the client holds after applying the response;
+// resources that no longer exist, which state of the world cannot remove
+// for these types, are left out of it.
 //
 // It runs under w.mu (or before the watch is registered); it reads w.sub,
 // which the server changes only after cancel has returned.
@@ -321,24 +321,132 @@ func (w *watch) sotwRespond(ts *typeSnapshot, changed map[string]struct{}) cache
 	req, sub := w.sotwReq, w.sub
 	sel, ns := ts.choose(sub.IsWildcard(), sub.SubscribedResources(), req.GetResourceNames(), w.names)
 	w.names = ns
-	if req.GetErrorDetail() == nil && req.GetVersionInfo() == sel.version {
+	known := sub.ReturnedResources()
+	if !w.reconciled {
+		w.reconciled = true
+		w.reconcile(known, sel)
+	}
+	if req.GetErrorDetail() == nil && req.GetVersionInfo() == sel.version &&
+		(req.GetResponseNonce() == "" || sentExactly(known, sel)) {
 		// An ACK of exactly this selection's version: the client holds it.
+		// On a stream that has had responses, the record must agree: a
+		// request that subscribes again to names it dropped carries the
+		// version of the selection that had them, but the client no longer
+		// holds them.
 		w.current = true
 		return nil
 	}
 	if w.current && changed != nil && partialTypes[w.t] {
-		return newSotwResponse(req, sel, changedPayloads(ts, sub, changed))
+		return w.newSotwResponse(sel, changedPayloads(ts, sub, changed))
 	}
 	w.current = false
-	known := sub.ReturnedResources()
-	if (len(known) > 0 || req.GetResponseNonce() != "") && sameVersions(known, sel.entries) {
+	acked := partialTypes[w.t] && req.GetErrorDetail() == nil && req.GetResponseNonce() != ""
+	if (len(known) > 0 || req.GetResponseNonce() != "") && sentExactly(known, sel) {
+		// Sent before, perhaps rejected: a first request is answered even
+		// when its selection is empty.
 		return nil
 	}
-	if partialTypes[w.t] && req.GetErrorDetail() == nil && req.GetResponseNonce() != "" &&
-		len(known) > 0 && mapVersion(known) == req.GetVersionInfo() {
-		return newSotwResponse(req, sel, differingPayloads(sel, known))
+	if version, ok := sotwMarker(known); ok {
+		if acked && version == req.GetVersionInfo() {
+			if held := w.recent.get(w.t, version); held != nil {
+				return w.newSotwResponse(sel, payloadsBeyond(sel, held))
+			}
+		}
+		return w.newSotwResponse(sel, sel.payloads)
 	}
-	return newSotwResponse(req, sel, sel.payloads)
+	if acked && len(known) > 0 && mapVersion(known) == req.GetVersionInfo() {
+		return w.newSotwResponse(sel, differingPayloads(sel, known))
+	}
+	return w.newSotwResponse(sel, sel.payloads)
+}
+
+// newSotwResponse answers the watch with payloads of sel, and remembers sel
+// so that the marker the response records can be read back.
+func (w *watch) newSotwResponse(sel *selection, payloads []*anypb.Any) *sotwResponse {
+	w.recent.add(w.t, sel)
+	return newSotwResponse(w.sotwReq, sel, payloads)
+}
+
+// markerPrefix starts the value of a marker entry; content versions are
+// hex, so no resource version starts with it.
+const markerPrefix = "\x00"
+
+// sotwMarker reads the ReturnedResources a state-of-the-world response
+// records: the marker prefix and the selection's version, under the first
+// and the last name of the selection sent. A client that was sent the
+// selection holds all of it, so the version says what it holds without a
+// map of a thousand names per proxy and type. The server deletes the names
+// a request no longer subscribes to, so the marker is lost only when a
+// shrink drops both of those names (the client is then sent its whole
+// selection again); reconcile handles the rest. It reports the version, or
+// false for any other map (empty, or spelled out by reconcile).
+func sotwMarker(known map[string]string) (string, bool) {
+	if len(known) == 0 || len(known) > 2 {
+		return "", false
+	}
+	version := ""
+	for _, v := range known {
+		after, ok := strings.CutPrefix(v, markerPrefix)
+		if !ok || (version != "" && after != version) {
+			return "", false
+		}
+		version = after
+	}
+	return version, true
+}
+
+// reconcile runs once per watch, when its request has just changed the
+// subscription. The server drops the names a request no longer subscribes
+// to from ReturnedResources, so that a name subscribed again is sent again;
+// a marker survives that as long as one of its keys stays subscribed, and
+// would then claim the dropped names. So when the recorded selection is not the
+// current one and has names no longer subscribed, the marker is spelled
+// out as the map the server would have kept: the names of the selection
+// still subscribed, with the versions sent. When c.recent no longer holds
+// the selection, the record is cleared: what the client holds is then
+// unknown, and it gets the whole selection.
+//
+// known is the subscription's own map, made by GetReturnedResources for
+// this stream alone; the server touches it only between watches, so
+// changing it in place is safe here.
+func (w *watch) reconcile(known map[string]string, sel *selection) {
+	version, ok := sotwMarker(known)
+	if !ok || version == sel.version || w.sub.IsWildcard() {
+		return
+	}
+	held := w.recent.get(w.t, version)
+	subscribed := w.sub.SubscribedResources()
+	if held != nil && !slices.ContainsFunc(held, func(e *entry) bool {
+		_, ok := subscribed[e.name]
+		return !ok
+	}) {
+		return
+	}
+	clear(known)
+	for _, e := range held {
+		if _, ok := subscribed[e.name]; ok {
+			known[e.name] = e.version
+		}
+	}
+}
+
+// payloadsBeyond is what a partial response to a client holding the
+// selection held (sorted by name) carries: the resources of sel it lacks or
+// holds another version of. Both are sorted by name, so one merge walk
+// finds them.
+func payloadsBeyond(sel *selection, held []*entry) []*anypb.Any {
+	var payloads []*anypb.Any
+	i := 0
+	for _, e := range sel.entries {
+		for i < len(held) && held[i].name < e.name {
+			i++
+		}
+		if i < len(held) && held[i].name == e.name && held[i].version == e.version {
+			continue
+		}
+		payloads = append(payloads, e.any)
+	}
+	return payloads
 }
 
 // differingPayloads is what a partial response to a client holding known
@@ -380,6 +488,15 @@ func changedPayloads(ts *typeSnapshot, sub cachev3.Subscription, changed map[str
 	return payloads
 }
 
+// sentExactly reports whether ReturnedResources records that the client was
+// sent exactly sel.
+func sentExactly(known map[string]string, sel *selection) bool {
+	if version, ok := sotwMarker(known); ok {
+		return version == sel.version
+	}
+	return sameVersions(known, sel.entries)
+}
+
 func sameVersions(known map[string]string, entries []*entry) bool {
 	if len(known) != len(entries) {
 		return false
@@ -400,10 +517,12 @@ type sotwResponse struct {
 	req *discoveryv3.DiscoveryRequest
 	out *discoveryv3.DiscoveryResponse
 
-	// sel makes the ReturnedResources map, copied on the stream's
-	// goroutine when the server asks for it rather than while an Update
-	// answers every woken watch.
+	// sel makes the ReturnedResources map, on the stream's goroutine when
+	// the server asks for it rather than while an Update answers every
+	// woken watch. whole spells it out in full (Fetch), instead of the
+	// marker (see sotwMarker).
 	sel      *selection
+	whole    bool
 	once     sync.Once
 	returned map[string]string
 }
@@ -438,15 +557,27 @@ func (r *sotwResponse) GetVersion() (string, error) { return r.out.GetVersionInf
 
 func (r *sotwResponse) GetResponseVersion() string { return r.out.GetVersionInfo() }
 
-// GetReturnedResources maps each resource of the selection to its own
-// content version (everything the client holds after applying the response,
-// whether it carried all of them or only the changed ones); the next
-// request's subscription hands it back.
+// GetReturnedResources records the selection the client holds after
+// applying the response (whether it carried all of it or only the changed
+// part): a marker entry naming it (see sotwMarker), or, for Fetch, each
+// resource with its content version. The next request's subscription hands
+// it back.
 func (r *sotwResponse) GetReturnedResources() map[string]string {
 	r.once.Do(func() {
 		// The server deletes from this map when the subscription shrinks,
-		// so every response gets its own.
-		r.returned = maps.Clone(r.sel.versionMap())
+		// and reconcile may rewrite it, so every response gets its own.
+		if r.whole {
+			r.returned = make(map[string]string, len(r.sel.entries))
+			for _, e := range r.sel.entries {
+				r.returned[e.name] = e.version
+			}
+			return
+		}
+		r.returned = make(map[string]string, 2)
+		if n := len(r.sel.entries); n > 0 {
+			r.returned[r.sel.entries[0].name] = r.sel.marker
+			r.returned[r.sel.entries[n-1].name] = r.sel.marker
+		}
 	})
 	return r.returned
 }

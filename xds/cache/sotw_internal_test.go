@@ -142,3 +142,34 @@ func TestChooseMemoises(t *testing.T) {
 		t.Errorf("the shared empty snapshot was written")
 	}
 }
+
+// The table of sent selections finds what it holds, keeps what is looked
+// up, and drops the rest once it has filled twice.
+func TestRecentSelectionsBound(t *testing.T) {
+	sel := func(version string) *selection {
+		return &selection{entries: make([]*entry, maxRecent/2+1), version: version}
+	}
+	var r recentSelections
+	a, b, c := sel("a"), sel("b"), sel("c")
+	r.add(endpointType, a)
+	r.add(endpointType, b) // a moves to the previous generation
+	if r.get(routeType, "a") != nil {
+		t.Errorf("found a under another type")
+	}
+	if got := r.get(endpointType, "a"); got == nil {
+		t.Fatalf("a forgotten after one more selection")
+	}
+	// Looking a up made it current, so b is the previous generation now
+	// and c drops it.
+	r.add(endpointType, c)
+	if r.get(endpointType, "b") != nil {
+		t.Errorf("b still held after the table filled twice")
+	}
+	if r.get(endpointType, "a") == nil || r.get(endpointType, "c") == nil {
+		t.Errorf("a or c forgotten")
+	}
+	r.add(endpointType, &selection{version: "empty"})
+	if r.get(endpointType, "empty") != nil {
+		t.Errorf("an empty selection was remembered")
+	}
+}

@@ -42,6 +42,10 @@ type watch struct {
 	// entry the subscription matched, to find its selection again cheaply.
 	current bool
 	names   *memoNames
+	// reconciled says reconcile has run for this watch's subscription;
+	// recent is the cache's table of the selections sent.
+	reconciled bool
+	recent     *recentSelections
 }
 
 // interested reports whether a change to any of the names can concern the
