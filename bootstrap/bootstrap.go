@@ -195,8 +195,8 @@ func GRPCWith(info node.Info, xdsAddress string, opts GRPCOptions) ([]byte, erro
 }
 
 // Envoy returns an Envoy bootstrap as YAML: the node, the admin interface
-// on loopback, and ADS over HTTP/2 to a static cluster pointing at the
-// control plane, from which clusters and listeners come.
+// on loopback, and incremental (delta) ADS over HTTP/2 to a static cluster
+// pointing at the control plane, from which clusters and listeners come.
 func Envoy(info node.Info, xdsAddress string) ([]byte, error) {
 	return EnvoyWith(info, xdsAddress, EnvoyOptions{})
 }
@@ -209,6 +209,13 @@ type EnvoyOptions struct {
 	// the agent's certificate (secret SecretCertificate), verifying it with
 	// the trust bundle (secret SecretRootCA): the authenticated xDS port.
 	SDSSocket string
+	// StateOfTheWorld makes Envoy use state-of-the-world ADS instead of
+	// incremental (delta) ADS. Delta is the default: a sidecar subscribes to
+	// a load assignment per cluster of the mesh, and with state of the world
+	// it names every one of them again in each acknowledgement, which the
+	// control plane must decode and compare; with delta an acknowledgement
+	// carries a nonce and the control plane sends only what changed.
+	StateOfTheWorld bool
 }
 
 // EnvoyWith is Envoy with options.
@@ -220,6 +227,9 @@ func EnvoyWith(info node.Info, xdsAddress string, opts EnvoyOptions) ([]byte, er
 	b, err := envoyBootstrap(info, host, port)
 	if err != nil {
 		return nil, err
+	}
+	if opts.StateOfTheWorld {
+		b.GetDynamicResources().GetAdsConfig().ApiType = corev3.ApiConfigSource_GRPC
 	}
 	if opts.SDSSocket != "" {
 		if err := addSDS(b, opts.SDSSocket); err != nil {
@@ -271,7 +281,7 @@ func envoyBootstrap(info node.Info, host string, port uint32) (*bootstrapv3.Boot
 		},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
 			AdsConfig: &corev3.ApiConfigSource{
-				ApiType:             corev3.ApiConfigSource_GRPC,
+				ApiType:             corev3.ApiConfigSource_DELTA_GRPC,
 				TransportApiVersion: corev3.ApiVersion_V3,
 				GrpcServices: []*corev3.GrpcService{{
 					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{

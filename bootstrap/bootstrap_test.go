@@ -246,6 +246,40 @@ func TestGRPCWithErrors(t *testing.T) {
 	}
 }
 
+// TestEnvoyADSVariant: Envoy speaks delta ADS unless told otherwise, and
+// either variant passes Envoy's validation.
+func TestEnvoyADSVariant(t *testing.T) {
+	for name, tc := range map[string]struct {
+		opts EnvoyOptions
+		want corev3.ApiConfigSource_ApiType
+	}{
+		"default":            {EnvoyOptions{}, corev3.ApiConfigSource_DELTA_GRPC},
+		"state of the world": {EnvoyOptions{StateOfTheWorld: true}, corev3.ApiConfigSource_GRPC},
+		"sotw with SDS":      {EnvoyOptions{StateOfTheWorld: true, SDSSocket: "/run/sds.sock"}, corev3.ApiConfigSource_GRPC},
+	} {
+		t.Run(name, func(t *testing.T) {
+			out, err := EnvoyWith(info(node.Envoy), DefaultXDSAddress, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			js, err := yaml.YAMLToJSON(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b bootstrapv3.Bootstrap
+			if err := protojson.Unmarshal(js, &b); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.ValidateAll(); err != nil {
+				t.Fatalf("ValidateAll: %v", err)
+			}
+			if got := b.GetDynamicResources().GetAdsConfig().GetApiType(); got != tc.want {
+				t.Errorf("ADS api_type = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
 // TestEnvoyWithSDS: with the agent's socket, the bootstrap defines the SDS
 // cluster mTLS resources name, and reaches the control plane over TLS with
 // the agent's secrets; the whole thing still passes Envoy's validation.

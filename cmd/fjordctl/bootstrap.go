@@ -17,6 +17,7 @@ func newBootstrap() *cobra.Command {
 	var (
 		kind, out, xdsAddress string
 		certDir, sdsSocket    string
+		protocol              string
 		secure                bool
 		refresh               time.Duration
 		info                  node.Info
@@ -28,7 +29,8 @@ func newBootstrap() *cobra.Command {
 
   --kind grpc   grpc-go bootstrap JSON: point GRPC_XDS_BOOTSTRAP at it and dial
                 xds:///<service>.<namespace>.svc.cluster.local:<port>
-  --kind envoy  Envoy bootstrap YAML: envoy -c FILE
+  --kind envoy  Envoy bootstrap YAML: envoy -c FILE; incremental (delta)
+                ADS unless --xds-protocol sotw
 
 The node id and metadata carry the namespace, workload name, service account
 and proxy kind, which the control plane requires on every xDS stream.
@@ -54,6 +56,12 @@ and proxy kind, which the control plane requires on every xDS stream.
 				xdsAddress = bootstrap.DefaultSecureXDSAddress
 			}
 			var data []byte
+			if protocol != "delta" && protocol != "sotw" {
+				return fmt.Errorf("--xds-protocol %q: want delta or sotw", protocol)
+			}
+			if cmd.Flags().Changed("xds-protocol") && k != node.Envoy {
+				return errors.New("--xds-protocol: only for --kind envoy (proxyless gRPC speaks state of the world)")
+			}
 			switch {
 			case secure && k != node.GRPC:
 				return errors.New("--secure: only for --kind grpc (Envoy reaches the secure port through SDS, not files)")
@@ -63,8 +71,9 @@ and proxy kind, which the control plane requires on every xDS stream.
 				return errors.New("--cert-dir needs --secure")
 			case sdsSocket != "" && k != node.Envoy:
 				return errors.New("--sds-socket: only for --kind envoy (proxyless gRPC reads files: --secure --cert-dir)")
-			case sdsSocket != "":
-				if data, err = bootstrap.EnvoyWith(info, xdsAddress, bootstrap.EnvoyOptions{SDSSocket: sdsSocket}); err != nil {
+			case k == node.Envoy:
+				opts := bootstrap.EnvoyOptions{SDSSocket: sdsSocket, StateOfTheWorld: protocol == "sotw"}
+				if data, err = bootstrap.EnvoyWith(info, xdsAddress, opts); err != nil {
 					return err
 				}
 			case secure:
@@ -101,6 +110,7 @@ and proxy kind, which the control plane requires on every xDS stream.
 	f.StringVarP(&out, "output", "o", "", "file to write (default: standard output)")
 	f.BoolVar(&secure, "secure", false, "grpc: TLS to the authenticated xDS port with the files of --cert-dir (default address "+bootstrap.DefaultSecureXDSAddress+")")
 	f.StringVar(&sdsSocket, "sds-socket", "", "envoy: the identity agent's SDS socket (fjordctl agent --sds-socket); Envoy then reaches the authenticated xDS port (default "+bootstrap.DefaultSecureXDSAddress+") over TLS with the agent's certificate")
+	f.StringVar(&protocol, "xds-protocol", "delta", "envoy: ADS variant, delta (incremental) or sotw (state of the world)")
 	f.StringVar(&certDir, "cert-dir", "", "with --secure: directory of cert.pem, key.pem and ca.pem (fjordctl agent --out-dir)")
 	f.DurationVar(&refresh, "refresh-interval", agent.DefaultRefreshInterval, "with --secure: how often gRPC re-reads the files")
 	for _, name := range []string{"kind", "namespace", "name", "service-account"} {

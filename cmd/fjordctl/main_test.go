@@ -84,8 +84,19 @@ func TestBootstrapCommand(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(out, "port_value: 15010") || !strings.Contains(out, "id: envoy~demo~web") {
+		if !strings.Contains(out, "port_value: 15010") || !strings.Contains(out, "id: envoy~demo~web") ||
+			!strings.Contains(out, "api_type: DELTA_GRPC") {
 			t.Errorf("unexpected Envoy bootstrap:\n%s", out)
+		}
+	})
+	t.Run("envoy state of the world", func(t *testing.T) {
+		out, err := run(t, "bootstrap", "--kind", "envoy", "--namespace", "demo", "--name", "web", "--service-account", "web",
+			"--xds-protocol", "sotw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, "api_type: GRPC") || strings.Contains(out, "DELTA_GRPC") {
+			t.Errorf("want state-of-the-world ADS:\n%s", out)
 		}
 	})
 }
@@ -106,6 +117,10 @@ func TestBootstrapCommandErrors(t *testing.T) {
 			"--cert-dir needs --secure"},
 		"secure envoy": {[]string{"bootstrap", "--kind", "envoy", "--namespace", "a", "--name", "b", "--service-account", "c", "--secure", "--cert-dir", "x"},
 			"only for --kind grpc"},
+		"bad protocol": {[]string{"bootstrap", "--kind", "envoy", "--namespace", "a", "--name", "b", "--service-account", "c", "--xds-protocol", "rest"},
+			`--xds-protocol "rest": want delta or sotw`},
+		"protocol for grpc": {[]string{"bootstrap", "--kind", "grpc", "--namespace", "a", "--name", "b", "--service-account", "c", "--xds-protocol", "delta"},
+			"--xds-protocol: only for --kind envoy"},
 		"tilde in name": {[]string{"bootstrap", "--kind", "grpc", "--namespace", "a", "--name", "b~c", "--service-account", "c"},
 			"must not contain '~'"},
 	}
