@@ -26,10 +26,24 @@ type FleetSpec struct {
 	// DeltaFraction of each pattern use the incremental protocol, the rest
 	// state of the world.
 	DeltaFraction float64 `json:"deltaFraction"`
+	// GRPCDeltaFraction, when set, is the share of gRPC-like proxies using
+	// the incremental protocol instead of DeltaFraction. The fleet Fjord's
+	// own bootstraps make has Envoy on delta and gRPC on state of the world
+	// (grpc-go speaks nothing else): DeltaFraction 1, GRPCDeltaFraction 0.
+	GRPCDeltaFraction *float64 `json:"grpcDeltaFraction,omitempty"`
 	// GRPCServices is how many Services each gRPC client dials.
 	GRPCServices int `json:"grpcServices"`
 	// Seed makes the mix and the dialled Services reproducible.
 	Seed uint64 `json:"seed"`
+}
+
+// DeltaShare says which share of the fleet speaks delta: one percentage,
+// or one per kind when gRPC-like proxies have their own.
+func (f FleetSpec) DeltaShare() string {
+	if f.GRPCDeltaFraction == nil {
+		return fmt.Sprintf("%.0f%%", 100*f.DeltaFraction)
+	}
+	return fmt.Sprintf("Envoy-like %.0f%%, gRPC-like %.0f%%", 100*f.DeltaFraction, 100**f.GRPCDeltaFraction)
 }
 
 // PlanProxies assigns every proxy its pattern, protocol, identity and, for
@@ -38,10 +52,13 @@ type FleetSpec struct {
 func PlanProxies(spec FleetSpec, m *Mesh) []ProxySpec {
 	rng := rand.New(rand.NewPCG(spec.Seed, 0x6a6f7264))
 	nEnvoy := int(float64(spec.Proxies)*spec.EnvoyFraction + 0.5)
-	split := func(n int) int { return int(float64(n)*spec.DeltaFraction + 0.5) }
 	var out []ProxySpec
 	add := func(pattern Pattern, n int) {
-		nDelta := split(n)
+		share := spec.DeltaFraction
+		if pattern == GRPCLike && spec.GRPCDeltaFraction != nil {
+			share = *spec.GRPCDeltaFraction
+		}
+		nDelta := int(float64(n)*share + 0.5)
 		for i := range n {
 			out = append(out, ProxySpec{Pattern: pattern, Delta: i < nDelta})
 		}

@@ -35,10 +35,20 @@ func AllScenarios(flips, policies int, churnRate, churnSeconds float64) []Scenar
 //     300 Services, and 10,000 proxies.
 //
 // Every run mixes Envoy-like and gRPC-like proxies half and half, each half
-// half delta, unless its name says otherwise.
+// half delta, unless its name says otherwise: "bootstrapped" runs have the
+// fleet fjordctl bootstrap makes (Envoy-like on delta, gRPC-like on state
+// of the world).
 func Matrix(name string) ([]RunSpec, error) {
 	mixed := func(n int) FleetSpec {
 		return FleetSpec{Proxies: n, EnvoyFraction: 0.5, DeltaFraction: 0.5, GRPCServices: 3, Seed: 1}
+	}
+	// bootstrapped is the fleet fjordctl bootstrap makes: Envoy on delta,
+	// proxyless gRPC on state of the world.
+	bootstrapped := func(n int) FleetSpec {
+		f := mixed(n)
+		f.DeltaFraction = 1
+		f.GRPCDeltaFraction = new(float64)
+		return f
 	}
 	mesh := func(m, e int) MeshSpec { return MeshSpec{Services: m, Endpoints: e, PolicyEvery: 10} }
 	noDebounce := []string{"--debounce", "1ms", "--max-delay", "100ms"}
@@ -68,6 +78,10 @@ func Matrix(name string) ([]RunSpec, error) {
 				Name: "reduced-1000x1000", Mesh: mesh(1000, 10), Fleet: mixed(1000), RampSteps: 1,
 				Scenarios: []ScenarioSpec{{Kind: Flip, Changes: 10}}, SettleSeconds: 0.5,
 			},
+			{
+				Name: "reduced-1000x1000-bootstrapped", Mesh: mesh(1000, 10), Fleet: bootstrapped(1000), RampSteps: 1,
+				Scenarios: []ScenarioSpec{{Kind: Flip, Changes: 10}}, SettleSeconds: 0.5,
+			},
 		}, nil
 	case "full":
 		envoyDelta := FleetSpec{Proxies: 1000, EnvoyFraction: 1, DeltaFraction: 1, Seed: 1}
@@ -79,6 +93,15 @@ func Matrix(name string) ([]RunSpec, error) {
 			{
 				Name: "full-1000x1000-envoy-delta", Mesh: mesh(1000, 10), Fleet: envoyDelta, RampSteps: 2,
 				Scenarios: []ScenarioSpec{{Kind: Flip, Changes: 30}, {Kind: Restart}}, SettleSeconds: 1,
+			},
+			{
+				Name: "full-1000x1000-bootstrapped", Mesh: mesh(1000, 10), Fleet: bootstrapped(1000), RampSteps: 2,
+				Scenarios: []ScenarioSpec{{Kind: Flip, Changes: 30}, {Kind: Restart}}, SettleSeconds: 1,
+			},
+			{
+				Name: "full-10000x1000-bootstrapped", Mesh: mesh(1000, 10), Fleet: bootstrapped(10000), RampSteps: 2,
+				Scenarios: []ScenarioSpec{{Kind: Flip, Changes: 10}}, SettleSeconds: 2,
+				ChangeTimeoutSeconds: 300, ReconnectMaxSeconds: 2,
 			},
 			{
 				Name: "full-1000x1000-nodebounce", Mesh: mesh(1000, 10), Fleet: mixed(1000), RampSteps: 1,

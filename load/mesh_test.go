@@ -206,3 +206,36 @@ func TestAddService(t *testing.T) {
 		t.Errorf("probe %+v, want service 2 with 2 addresses", p)
 	}
 }
+
+// TestPlanProxiesDeltaShares: without a gRPC share every kind follows
+// DeltaFraction; with one, gRPC-like proxies follow it instead.
+func TestPlanProxiesDeltaShares(t *testing.T) {
+	m, err := GenerateMesh(t.TempDir(), MeshSpec{Services: 10, Endpoints: 2, PolicyEvery: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func(spec FleetSpec) map[Pattern][2]int {
+		out := map[Pattern][2]int{}
+		for _, ps := range PlanProxies(spec, m) {
+			c := out[ps.Pattern]
+			if ps.Delta {
+				c[1]++
+			} else {
+				c[0]++
+			}
+			out[ps.Pattern] = c
+		}
+		return out
+	}
+	half := count(FleetSpec{Proxies: 40, EnvoyFraction: 0.5, DeltaFraction: 0.5, GRPCServices: 3, Seed: 1})
+	if half[EnvoyLike] != [2]int{10, 10} || half[GRPCLike] != [2]int{10, 10} {
+		t.Errorf("half delta: %v, want 10 sotw and 10 delta of each kind", half)
+	}
+	boot := count(FleetSpec{Proxies: 40, EnvoyFraction: 0.5, DeltaFraction: 1, GRPCDeltaFraction: new(float64), GRPCServices: 3, Seed: 1})
+	if boot[EnvoyLike] != [2]int{0, 20} || boot[GRPCLike] != [2]int{20, 0} {
+		t.Errorf("bootstrapped fleet: %v, want Envoy-like all delta and gRPC-like all state of the world", boot)
+	}
+	if got := (FleetSpec{DeltaFraction: 1, GRPCDeltaFraction: new(float64)}).DeltaShare(); got != "Envoy-like 100%, gRPC-like 0%" {
+		t.Errorf("DeltaShare = %q", got)
+	}
+}

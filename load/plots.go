@@ -132,8 +132,8 @@ func writeMemoryPlots(runs []RunResult, prefix, mode string, write func(name, sv
 		add("no proxy", m, run.Ramp[0].Sample.HeapInuseBytes)
 		last := run.Ramp[len(run.Ramp)-1]
 		if last.Proxies > 0 {
-			add(fmt.Sprintf("%d proxies, %.0f%% Envoy-like, %.0f%% delta", last.Proxies,
-				100*run.Spec.Fleet.EnvoyFraction, 100*run.Spec.Fleet.DeltaFraction), m, last.Sample.HeapInuseBytes)
+			add(fmt.Sprintf("%d proxies, %.0f%% Envoy-like, %s delta", last.Proxies,
+				100*run.Spec.Fleet.EnvoyFraction, run.Spec.Fleet.DeltaShare()), m, last.Sample.HeapInuseBytes)
 		}
 	}
 	if len(services) < 2 {

@@ -102,8 +102,8 @@ func WriteMarkdown(w io.Writer, rep *Report) {
 		if rs == "–" {
 			rs = "– | – | – | –"
 		}
-		fmt.Fprintf(w, "| %s | %d (%.0f%%, %.0f%%) | %s; %s | %.1f | %s | %s | %s | %d | %d | %d | %.1f |\n",
-			run.Spec.Name, run.Spec.Fleet.Proxies, 100*run.Spec.Fleet.EnvoyFraction, 100*run.Spec.Fleet.DeltaFraction,
+		fmt.Fprintf(w, "| %s | %d (%.0f%%, %s) | %s; %s | %.1f | %s | %s | %s | %d | %d | %d | %.1f |\n",
+			run.Spec.Name, run.Spec.Fleet.Proxies, 100*run.Spec.Fleet.EnvoyFraction, run.Spec.Fleet.DeltaShare(),
 			run.LoadAverage[0], run.LoadAverage[1], run.ReadySeconds, kb(run.RSSPerProxyBytes), kb(run.HeapPerProxyBytes), rs,
 			run.ShrinkCount, run.NACKs, run.StreamErrors, run.LoadCPUSeconds)
 	}

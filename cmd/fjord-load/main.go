@@ -53,6 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		proxies    = fs.Int("proxies", 100, "simulated proxies")
 		envoy      = fs.Float64("envoy", 0.5, "share of Envoy-like proxies (the rest are gRPC-like)")
 		delta      = fs.Float64("delta", 0.5, "share of each kind using delta xDS (the rest state of the world)")
+		grpcDelta  = fs.Float64("grpc-delta", -1, "share of gRPC-like proxies using delta xDS, if not --delta's (e.g. --delta 1 --grpc-delta 0: the fleet fjordctl bootstrap makes)")
 		dials      = fs.Int("grpc-services", 3, "Services each gRPC-like proxy dials")
 		services   = fs.Int("services", 100, "Services")
 		endpoints  = fs.Int("endpoints", 10, "endpoints per Service")
@@ -135,10 +136,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "fjord-load:", err)
 			return 2
 		}
+		fleet := load.FleetSpec{Proxies: *proxies, EnvoyFraction: *envoy, DeltaFraction: *delta, GRPCServices: *dials, Seed: *seed}
+		if *grpcDelta >= 0 {
+			fleet.GRPCDeltaFraction = grpcDelta
+		}
 		specs = []load.RunSpec{{
 			Name:   *name,
 			Mesh:   load.MeshSpec{Services: *services, Endpoints: *endpoints, Namespaces: *namespaces, PolicyEvery: *policyN},
-			Fleet:  load.FleetSpec{Proxies: *proxies, EnvoyFraction: *envoy, DeltaFraction: *delta, GRPCServices: *dials, Seed: *seed},
+			Fleet:  fleet,
 			CPArgs: cpArgs, Scenarios: sc, RampSteps: *ramp,
 			SettleSeconds: *settle, ChangeTimeoutSeconds: *timeout, ReconnectMaxSeconds: *reconnect,
 		}}
