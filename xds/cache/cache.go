@@ -108,6 +108,8 @@ type typeSnapshot struct {
 	selections map[uint64][]*selection
 	byList     map[listKey][]*selection
 	memoised   int
+	// diffs memoises diffFrom by the older generation, also under memoMu.
+	diffs map[string][]string
 }
 
 var emptySnapshot = newTypeSnapshot(nil, "0")
@@ -135,6 +137,9 @@ type kindState struct {
 	ready   bool
 	types   [numTypes]*typeSnapshot
 	watches [numTypes]map[*watch]struct{}
+	// history holds recent snapshots' entries, for delta clients' records.
+	// It has its own lock: responses read it outside Cache.mu.
+	history [numTypes]history
 }
 
 // Cache is the xDS resource cache. One mutex guards the resource maps and
@@ -239,6 +244,11 @@ func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
 // before the first build have never been checked). c.mu must be held; the
 // watches must be answered with fanOut after releasing it.
 func (ks *kindState) publishLocked(next [numTypes]*typeSnapshot, changed [numTypes]map[string]struct{}, first bool) []woken {
+	for t := range numTypes {
+		if next[t] != ks.types[t] {
+			ks.history[t].add(next[t])
+		}
+	}
 	ks.types = next
 	var out []woken
 	for t := range numTypes {

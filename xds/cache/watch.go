@@ -42,10 +42,12 @@ type watch struct {
 	// entry the subscription matched, to find its selection again cheaply.
 	current bool
 	names   *memoNames
-	// reconciled says reconcile has run for this watch's subscription;
-	// recent is the cache's table of the selections sent.
+	// reconciled says reconcile (subscribedAgain for delta) has run for
+	// this watch's request; recent is the cache's table of the selections
+	// sent, hist the history of the watch's kind and type.
 	reconciled bool
 	recent     *recentSelections
+	hist       *history
 }
 
 // interested reports whether a change to any of the names can concern the
@@ -75,7 +77,7 @@ func (w *watch) respond(ts *typeSnapshot, changed map[string]struct{}) (sotw cac
 	if w.sotwReq != nil {
 		return w.sotwRespond(ts, changed), nil
 	}
-	return nil, deltaRespond(ts, w.deltaReq, w.sub, changed)
+	return nil, w.deltaRespond(ts, changed)
 }
 
 // fire answers a registered watch from the snapshot an Update published,
@@ -104,6 +106,7 @@ func (w *watch) fire(ts *typeSnapshot, changed map[string]struct{}) bool {
 // and otherwise registers it until an Update concerns it. c.mu must be held;
 // the returned send, if not nil, must be called after releasing it.
 func (c *Cache) watchLocked(ks *kindState, w *watch) (cancel, send func()) {
+	w.hist = &ks.history[w.t]
 	if ks.ready {
 		if sotw, delta := w.respond(ks.types[w.t], nil); sotw != nil || delta != nil {
 			w.done = true
