@@ -110,6 +110,33 @@ type typeSnapshot struct {
 	memoised   int
 	// diffs memoises diffFrom by the older generation, also under memoMu.
 	diffs map[string][]string
+
+	recordOnce sync.Once
+	recordStr  string
+}
+
+// record is the value delta clients' records name this snapshot by (see
+// deltaHeld): its generation, then every resource's name and version, all
+// NUL-separated. It is built once and shared by every record, so a
+// snapshot a record names can be read after the history has dropped it.
+func (ts *typeSnapshot) record() string {
+	ts.recordOnce.Do(func() {
+		n := len(ts.gen) + 1
+		for _, e := range ts.sorted {
+			n += len(e.name) + len(e.version) + 2
+		}
+		var b strings.Builder
+		b.Grow(n)
+		b.WriteString(ts.gen)
+		for _, e := range ts.sorted {
+			b.WriteByte(0)
+			b.WriteString(e.name)
+			b.WriteByte(0)
+			b.WriteString(e.version)
+		}
+		ts.recordStr = b.String()
+	})
+	return ts.recordStr
 }
 
 var emptySnapshot = newTypeSnapshot(nil, "0")

@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -22,21 +21,20 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 	})
 }
 
-// genKey is the entry of a delta client's ReturnedResources map (which the
-// server hands back with every request and leaves to the cache to interpret)
-// naming the snapshot the client was last found up to date with, when the
-// map spells out every resource the client holds. It cannot clash with a
-// resource name: those are DNS names and listener addresses.
-const genKey = "\x00fjord.generation"
-
-// baseKey names the snapshot generation a record in the short form is
-// relative to (see deltaMarker), and notHeld is the version recorded for a
-// subscribed resource of that snapshot the client does not hold. Neither
-// can be a resource name or a content version.
+// The keys of the entries of a delta client's ReturnedResources record
+// (which the server hands back with every request and leaves to the cache
+// to interpret) that name the snapshot it is relative to (see deltaHeld):
+// baseKey when the client subscribed by name, wildKey when to everything.
+// notHeld is the version recorded for a resource of that snapshot, in
+// scope, that the client does not hold. None can be a resource name (those
+// are DNS names and listener addresses) or a content version.
 const (
 	baseKey = "\x00fjord.base"
+	wildKey = "\x00fjord.wildcard-base"
 	notHeld = "\x00-"
 )
+
+func isRecordKey(name string) bool { return name == baseKey || name == wildKey }
 
 // deltaRespond builds the changes a delta client is missing, or nil if it is
 // up to date. The first response to a wildcard subscription is sent even when
@@ -51,12 +49,13 @@ const (
 //   - An ACK or NACK that changes no subscription, arriving while the
 //     snapshot is still the one the last response was built from, has
 //     nothing to receive.
-//   - A record in the short form (see deltaMarker) differs from the current
+//   - Otherwise the record (see deltaHeld) differs from the current
 //     snapshot only on its exceptions and on the names that changed since
-//     its generation.
+//     its snapshot.
 //
-// Otherwise (first request, subscription change to or from wildcard,
-// generation no longer in the history) every resource in scope is compared.
+// Every resource in scope is compared only for a record the client made
+// (a first request, seeded from initial_resource_versions on reconnect) or
+// a subscription that turned wildcard or stopped being so.
 func (w *watch) deltaRespond(ts *typeSnapshot, changed map[string]struct{}) cachev3.DeltaResponse {
 	req, sub := w.deltaReq, w.sub
 	known := sub.ReturnedResources()
@@ -67,7 +66,7 @@ func (w *watch) deltaRespond(ts *typeSnapshot, changed map[string]struct{}) cach
 	}
 	if changed == nil && req.GetResponseNonce() != "" &&
 		len(req.GetResourceNamesSubscribe()) == 0 && len(req.GetResourceNamesUnsubscribe()) == 0 &&
-		h.upTo() == ts.gen {
+		h.short && h.gen == ts.gen {
 		return nil
 	}
 	var (
@@ -88,10 +87,27 @@ func (w *watch) deltaRespond(ts *typeSnapshot, changed map[string]struct{}) cach
 		}
 	}
 	subscribed := sub.SubscribedResources()
+	inScope := func(name string) bool {
+		_, ok := subscribed[name]
+		return ok || sub.IsWildcard()
+	}
 	switch {
 	case changed != nil:
 		for name := range changed {
-			if _, ok := subscribed[name]; ok || sub.IsWildcard() {
+			if inScope(name) {
+				check(name)
+			}
+		}
+	case h.short && h.all == sub.IsWildcard():
+		// Only the exceptions and what changed since the record's snapshot
+		// can differ; the rest the client holds at the current version.
+		for name := range known {
+			if !isRecordKey(name) && inScope(name) {
+				check(name)
+			}
+		}
+		for _, name := range ts.diffFrom(h.gen, h.base) {
+			if _, exception := known[name]; !exception && inScope(name) {
 				check(name)
 			}
 		}
@@ -104,20 +120,6 @@ func (w *watch) deltaRespond(ts *typeSnapshot, changed map[string]struct{}) cach
 				removed = append(removed, name)
 			}
 		})
-	case h.short && h.base != nil:
-		// Only the exceptions and what changed since the generation can
-		// differ; the rest the client holds at the current version.
-		for name := range known {
-			if _, ok := subscribed[name]; ok {
-				check(name)
-			}
-		}
-		for _, name := range ts.diffFrom(h.gen, h.base) {
-			_, sub := subscribed[name]
-			if _, exception := known[name]; sub && !exception {
-				check(name)
-			}
-		}
 	default:
 		for name := range subscribed {
 			check(name)
@@ -150,59 +152,73 @@ func (w *watch) deltaRespond(ts *typeSnapshot, changed map[string]struct{}) cach
 
 // deltaHeld is what a delta client holds, read from its ReturnedResources
 // record. The record has one of two forms:
-//   - spelled out: every resource the client holds with its version, and
-//     genKey. The server's own maps (empty, or seeded from a reconnecting
-//     client's initial_resource_versions) have this form, and so do the
-//     records of wildcard subscriptions.
-//   - short (deltaMarker): baseKey names a generation of the snapshot;
-//     every other entry is an exception. The client holds each subscribed
-//     resource at that generation's version, unless an exception says
-//     otherwise (a version, "" for held at a version unknown, or notHeld).
+//   - the cache's (deltaResponse.record): under baseKey or wildKey, the
+//     snapshot the last response was built from (ts.record: its generation
+//     and every resource's name and version, one string shared by every
+//     record of that snapshot). The client holds each resource of that
+//     snapshot in scope (every one under wildKey, the subscribed ones
+//     under baseKey) at that snapshot's version, unless another entry, an
+//     exception, says otherwise: a version, "" (held at a version unknown)
+//     or notHeld.
+//   - spelled out: every resource the client holds with its version. The
+//     server's own maps have this form: empty on a new stream, or a
+//     reconnecting client's initial_resource_versions.
 //
-// The short form is what makes a sidecar subscribed to a thousand load
-// assignments cost a few entries instead of a thousand per response: every
-// client at the same generation shares that generation's entries.
+// The first form makes a sidecar subscribed to a thousand resources cost a
+// few entries per type instead of a thousand: every client of the same
+// snapshot shares its string, which lives as long as a record names it.
+// The cache's history of recent snapshots answers lookups without reading
+// the string; a snapshot gone from it is read from the string.
 type deltaHeld struct {
 	known      map[string]string
 	subscribed map[string]struct{}
-	short      bool
+	short, all bool
 	gen        string
-	// base is the generation's entries sorted by name (nil if the history
-	// no longer holds it, or the record is spelled out); byName indexes
-	// them when the generation is the current snapshot.
+	// base is the record's snapshot's entries sorted by name; byName
+	// indexes them when it is the current snapshot.
 	base   []*entry
 	byName map[string]*entry
 }
 
 // held reads the watch's record against the snapshot ts. (A client could
-// put baseKey in its initial_resource_versions; it would only misinform
-// the cache about itself.)
+// put a record key in its initial_resource_versions; it would only
+// misinform the cache about itself.)
 func (w *watch) held(known map[string]string, ts *typeSnapshot) *deltaHeld {
 	h := &deltaHeld{known: known, subscribed: w.sub.SubscribedResources()}
-	gen, ok := known[baseKey]
+	rec, ok := known[baseKey]
 	if !ok {
+		rec, ok = known[wildKey]
+		h.all = true
+	}
+	if !ok {
+		h.all = false
 		return h
 	}
+	gen, table, _ := strings.Cut(rec, "\x00")
 	h.short, h.gen = true, gen
-	if gen == ts.gen {
+	switch base, ok := w.hist.get(gen); {
+	case gen == ts.gen:
 		h.base, h.byName = ts.sorted, ts.byName
-		return h
-	}
-	if base, ok := w.hist.get(gen); ok {
+	case ok:
 		h.base = base
-		if base == nil {
-			h.base = []*entry{}
-		}
+	default:
+		h.base = parseRecord(table)
 	}
 	return h
 }
 
-// upTo is the generation the client was last sent a response from.
-func (h *deltaHeld) upTo() string {
-	if h.short {
-		return h.gen
+// parseRecord reads the entries of a snapshot from its record string (see
+// typeSnapshot.record), for a snapshot the history no longer holds.
+func parseRecord(table string) []*entry {
+	fields := strings.Split(table, "\x00")
+	out := make([]*entry, 0, len(fields)/2)
+	for i := 0; i+1 < len(fields); i += 2 {
+		out = append(out, &entry{name: fields[i], version: fields[i+1]})
 	}
-	return h.known[genKey]
+	// Sorted when written; a record a client made up must not break the
+	// binary search.
+	slices.SortFunc(out, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	return out
 }
 
 func (h *deltaHeld) lookup(name string) *entry {
@@ -213,11 +229,9 @@ func (h *deltaHeld) lookup(name string) *entry {
 }
 
 // version is the version of name the client holds, and whether it holds
-// it. A short record speaks for subscribed names only: the server drops an
-// unsubscribed name's exception, and the client dropped the resource.
-// Without its generation's entries it says every subscribed name is held
-// at an unknown version, so each is sent again or removed: never a
-// resource missed.
+// it. A record under baseKey speaks for subscribed names only: the server
+// drops an unsubscribed name's exception, and the client dropped the
+// resource.
 func (h *deltaHeld) version(name string) (string, bool) {
 	if v, ok := h.known[name]; ok {
 		return v, v != notHeld
@@ -225,11 +239,8 @@ func (h *deltaHeld) version(name string) (string, bool) {
 	if !h.short {
 		return "", false
 	}
-	if _, ok := h.subscribed[name]; !ok {
+	if _, ok := h.subscribed[name]; !ok && !h.all {
 		return "", false
-	}
-	if h.base == nil {
-		return "", true
 	}
 	if e := h.lookup(name); e != nil {
 		return e.version, true
@@ -240,35 +251,42 @@ func (h *deltaHeld) version(name string) (string, bool) {
 // each calls f with every name the client holds.
 func (h *deltaHeld) each(f func(name string)) {
 	for name, v := range h.known {
-		if name != genKey && name != baseKey && v != notHeld {
+		if !isRecordKey(name) && v != notHeld {
 			f(name)
 		}
 	}
 	if !h.short {
 		return
 	}
-	for name := range h.subscribed {
-		if _, ok := h.known[name]; ok {
-			continue
+	if h.all {
+		for _, e := range h.base {
+			if _, ok := h.known[e.name]; !ok {
+				f(e.name)
+			}
 		}
-		if h.base == nil || h.lookup(name) != nil {
+		return
+	}
+	for name := range h.subscribed {
+		if _, ok := h.known[name]; !ok && h.lookup(name) != nil {
 			f(name)
 		}
 	}
 }
 
 // subscribedAgain runs once per watch with the names its request
-// subscribes to. A short record read after the request would say the
-// client holds such a name at its generation's version: but the client
-// either never had it (it was not subscribed when the record was made) or
-// dropped it when it unsubscribed. So each is recorded as held at an
-// unknown version, which sends it (or its removal) again; a redundant
-// subscription costs a resend, never a missed resource. The record is the
-// subscription's own map, made by GetReturnedResources for this stream
-// alone, and the server touches it only between watches, so changing it
-// in place is safe here.
+// subscribes to. The record read after the request would say the client
+// holds such a name at its snapshot's version: but the client either never
+// had it (it was not subscribed when the record was made) or dropped it
+// when it unsubscribed. So each is recorded as held at an unknown version,
+// which sends it (or its removal) again; a redundant subscription costs a
+// resend, never a missed resource. The record is the subscription's own
+// map, made by GetReturnedResources for this stream alone, and the server
+// touches it only between watches, so changing it in place is safe here.
+// Every watch runs this when created: a stream has a record of the cache's
+// only once the kind is ready, and then watches are answered or checked at
+// once.
 func (h *deltaHeld) subscribedAgain(names []string) {
-	if !h.short || h.base == nil {
+	if !h.short {
 		return
 	}
 	for _, name := range names {
@@ -318,53 +336,22 @@ func (r *deltaResponse) GetResponseVersion() string { return r.out.GetSystemVers
 func (r *deltaResponse) GetNextVersionMap() map[string]string { return r.GetReturnedResources() }
 
 // GetReturnedResources records what the client holds after applying this
-// response: in the short form (see deltaHeld) for a subscription by name,
-// spelled out with the snapshot generation under genKey for a wildcard
-// one. A wildcard client holds resources it never named, and a short
-// record whose generation has left the history could not say which; so
-// its record stays whole.
+// response, relative to the response's snapshot (see deltaHeld).
 func (r *deltaResponse) GetReturnedResources() map[string]string {
 	r.once.Do(func() {
 		// The server edits this map as the subscription changes, and
 		// subscribedAgain may, so every response gets its own.
-		if r.wildcard {
-			r.returned = r.spelledOut()
-		} else {
-			r.returned = r.short()
-		}
+		r.returned = r.record()
 	})
 	return r.returned
 }
 
-func (r *deltaResponse) spelledOut() map[string]string {
-	var m map[string]string
-	if r.held.short {
-		m = map[string]string{}
-		r.held.each(func(name string) {
-			m[name], _ = r.held.version(name)
-		})
-	} else {
-		m = maps.Clone(r.held.known)
-		if m == nil {
-			m = make(map[string]string, len(r.updated)+1)
-		}
-	}
-	for _, e := range r.updated {
-		m[e.name] = e.version
-	}
-	for _, name := range r.out.GetRemovedResources() {
-		delete(m, name)
-	}
-	m[genKey] = r.ts.gen
-	return m
-}
-
-// short records the client's holdings relative to the response's snapshot:
-// the sent resources are at its versions and removed ones absent from it,
-// so exceptions can only be among the old record's exceptions and the names
-// that differ between its generation and this snapshot (all subscribed
-// names when the old record is spelled out or its generation is gone).
-func (r *deltaResponse) short() map[string]string {
+// record builds the record: the sent resources are at the snapshot's
+// versions and removed ones absent from it, so exceptions can only be among
+// the old record's exceptions and the names that differ between its
+// snapshot and this one (all names in scope when the old record is spelled
+// out or its scope was another).
+func (r *deltaResponse) record() map[string]string {
 	h, ts := r.held, r.ts
 	sent := func(name string) bool {
 		_, ok := slices.BinarySearchFunc(r.updated, name, func(e *entry, n string) int { return strings.Compare(e.name, n) })
@@ -382,7 +369,7 @@ func (r *deltaResponse) short() map[string]string {
 		_, subscribed := h.subscribed[name]
 		e := ts.byName[name]
 		switch {
-		case !subscribed:
+		case !subscribed && !r.wildcard:
 			// Held outside the subscription (a reconnecting client's
 			// initial versions may name such): kept as the server left it.
 			if ok {
@@ -395,22 +382,32 @@ func (r *deltaResponse) short() map[string]string {
 		}
 	}
 	for name := range h.known {
-		if name != genKey && name != baseKey {
+		if !isRecordKey(name) {
 			except(name)
 		}
 	}
-	if h.short && h.base != nil {
+	switch {
+	case h.short && h.all == r.wildcard:
 		for _, name := range ts.diffFrom(h.gen, h.base) {
-			if _, ok := h.subscribed[name]; ok {
+			if _, ok := h.subscribed[name]; ok || r.wildcard {
 				except(name)
 			}
 		}
-	} else {
+	case r.wildcard:
+		for _, e := range ts.sorted {
+			except(e.name)
+		}
+		h.each(except)
+	default:
 		for name := range h.subscribed {
 			except(name)
 		}
 	}
-	m[baseKey] = ts.gen
+	if r.wildcard {
+		m[wildKey] = ts.record()
+	} else {
+		m[baseKey] = ts.record()
+	}
 	return m
 }
 

@@ -90,8 +90,8 @@ func with(m map[string]string, name, ip string) map[string]string {
 	return out
 }
 
-// A delta client subscribed by name is recorded by the generation it was
-// sent plus what differs, not by every name it holds.
+// A delta client is recorded by the snapshot it was sent from plus what
+// differs, not by every name it holds.
 func TestDeltaRecordIsShort(t *testing.T) {
 	c := newCache(t, services(abcz))
 	eds := newDeltaModel(t, c)
@@ -114,9 +114,9 @@ func TestDeltaRecordIsShort(t *testing.T) {
 	eds.check(served, "after b moved")
 }
 
-// When the generation a client's record names has left the history, a
-// change still reaches it, and so does everything it may lack; then it is
-// back to changes alone.
+// When the snapshot a client's record names has left the history, the
+// record still says what the client holds: changes and removals reach it,
+// and nothing else.
 func TestDeltaForgottenGeneration(t *testing.T) {
 	c := newCache(t, services(abcz))
 	eds := newDeltaModel(t, c)
@@ -127,8 +127,8 @@ func TestDeltaForgottenGeneration(t *testing.T) {
 
 	served := with(abcz, "b", "10.0.0.20")
 	mustUpdate(t, c, node.GRPC, services(served))
-	if got := eds.take(); !contains(got, "b") {
-		t.Errorf("change after the generation was forgotten sent %v", got)
+	if diff := cmp.Diff([]string{"b"}, eds.take()); diff != "" {
+		t.Errorf("change after the history dropped the record's snapshot (-want +got):\n%s", diff)
 	}
 	eds.ack()
 	eds.settle()
@@ -138,7 +138,7 @@ func TestDeltaForgottenGeneration(t *testing.T) {
 	served = with(served, "c", "")
 	mustUpdate(t, c, node.GRPC, services(served))
 	eds.settle()
-	eds.check(served, "after c was removed, generation forgotten")
+	eds.check(served, "after c was removed, the record's snapshot gone from the history")
 
 	served = with(served, "a", "10.0.0.10")
 	mustUpdate(t, c, node.GRPC, services(served))
@@ -194,9 +194,8 @@ func TestDeltaResubscribeSendsAgain(t *testing.T) {
 	}
 }
 
-// A NACKed response is not sent again, and the next change gets through;
-// with the generation forgotten, the client is sent what it may lack once,
-// and then nothing until the next change.
+// A NACKed response is not sent again, and the next change gets through,
+// whether or not the history still holds the snapshot of the record.
 func TestDeltaNACKWithShortRecord(t *testing.T) {
 	for name, forget := range map[string]bool{"remembered": false, "forgotten": true} {
 		t.Run(name, func(t *testing.T) {
@@ -210,11 +209,8 @@ func TestDeltaNACKWithShortRecord(t *testing.T) {
 			if forget {
 				churn(t, c, served)
 				eds.none()
-				eds.request(nil, nil, nil, "b rejected")
-				eds.take()
-			} else {
-				eds.request(nil, nil, nil, "b rejected")
 			}
+			eds.request(nil, nil, nil, "b rejected")
 			eds.none()
 			eds.request(nil, nil, nil, "b rejected")
 			eds.none()
@@ -306,5 +302,60 @@ func TestDeltaByNameThenWildcard(t *testing.T) {
 	out := eds.receive()
 	if diff := cmp.Diff([]string{"c"}, out.GetRemovedResources()); diff != "" {
 		t.Errorf("removal through the wildcard (-want +got):\n%s", diff)
+	}
+}
+
+// A wildcard client's record is short too, and when its snapshot has left
+// the history the record still says what the client holds, so a removal
+// reaches it.
+func TestDeltaWildcardRecord(t *testing.T) {
+	for name, forget := range map[string]bool{"remembered": false, "forgotten": true} {
+		t.Run(name, func(t *testing.T) {
+			c := newCache(t, services(abcz))
+			cds := newDeltaClient(t, c, node.GRPC, resourcev3.ClusterType, true)
+			cds.request(nil, nil, nil, "")
+			holds := map[string]bool{}
+			take := func() {
+				out := cds.receive()
+				for _, r := range out.GetResources() {
+					holds[r.GetName()] = true
+				}
+				for _, n := range out.GetRemovedResources() {
+					delete(holds, n)
+				}
+				cds.ack()
+			}
+			take()
+			if n := len(cds.sub.ReturnedResources()); n != 1 {
+				t.Errorf("wildcard record has %d entries, want 1", n)
+			}
+			cds.none()
+			served := with(abcz, "b", "")
+			mustUpdate(t, c, node.GRPC, services(served))
+			// The removal is pending; the client has no watch while more
+			// snapshots of clusters come and go.
+			out := cds.receive()
+			for _, n := range out.GetRemovedResources() {
+				delete(holds, n)
+			}
+			if forget {
+				for i := range 70 {
+					mustUpdate(t, c, node.GRPC, services(with(served, fmt.Sprintf("y%d", i), "10.0.8.1")))
+				}
+			}
+			served = with(served, "c", "")
+			mustUpdate(t, c, node.GRPC, services(served))
+			cds.ack()
+			for len(cds.ch) > 0 {
+				take()
+			}
+			want := map[string]bool{}
+			for n := range served {
+				want[n] = true
+			}
+			if diff := cmp.Diff(want, holds); diff != "" {
+				t.Errorf("wildcard client holds (-served +held):\n%s", diff)
+			}
+		})
 	}
 }

@@ -9,8 +9,8 @@
 // for load assignments and route configurations carry only what a client
 // is proven to lack (see sotwRespond), what each state-of-the-world client
 // was sent is recorded as the version of a shared selection rather than a
-// map of every name (see sotwMarker), a delta client subscribed by name as
-// a snapshot generation and what differs from it (see deltaHeld), and the
+// map of every name (see sotwMarker), a delta client's as the shared record
+// of a snapshot and what differs from it (see deltaHeld), and the
 // responses an Update wakes
 // are built and sent in parallel, outside the cache lock (see fanOut).
 package cache

@@ -8,16 +8,15 @@ import (
 
 // historyLen is how many recent snapshots of one kind and type the cache
 // keeps the entries of, for reading delta clients' records (see
-// deltaMarker). Each costs a slice of entry pointers (8 KB at 1,000
+// deltaHeld). Each costs a slice of entry pointers (8 KB at 1,000
 // resources) and keeps the entries it replaced alive.
 const historyLen = 64
 
 // history holds the sorted entries of the last historyLen snapshots of one
-// kind and type, by generation. A delta client's record names the
-// generation it was last sent a response from; with its entries the record
-// needs only the names on which the client differs from it. A generation
-// no longer held costs that client a comparison of its whole subscription,
-// never a wrong answer.
+// kind and type, by generation. A delta client's record names the snapshot
+// it was last sent a response from (see deltaHeld); the history answers
+// lookups in it without reading the record's string, which a snapshot no
+// longer held costs.
 type history struct {
 	mu   sync.Mutex
 	gens [historyLen]string
@@ -64,9 +63,10 @@ const maxDiffs = 64
 
 // diffFrom lists, sorted, the names whose entry differs between base (the
 // entries of generation gen) and ts: changed, added or removed. Every delta
-// client whose record names gen differs from ts's content only there, so a
-// push or an ACK compares those names, not the whole subscription; the
-// list is computed once per snapshot and generation.
+// client whose record names gen differs from ts's content only there and on
+// its record's exceptions, so an ACK or a record compares those names, not
+// the whole subscription; the list is computed once per snapshot and
+// generation.
 func (ts *typeSnapshot) diffFrom(gen string, base []*entry) []string {
 	ts.memoMu.Lock()
 	if d, ok := ts.diffs[gen]; ok {
