@@ -80,7 +80,12 @@ type proxy struct {
 type typeState struct {
 	wildcard bool
 	names    map[string]struct{} // explicit subscription
-	held     map[string]held
+	// sorted is names in order, as requests carry them; nil until needed
+	// after names changes. An Envoy-like state-of-the-world proxy names its
+	// 1,000 load assignments in every ACK, and sorting them each time would
+	// make the harness, not the control plane, the slow side.
+	sorted []string
+	held   map[string]held
 	// version is the state-of-the-world version last accepted; nonce the
 	// last nonce received on the current stream.
 	version, nonce string
@@ -208,7 +213,7 @@ func (p *proxy) refresh() []subChange {
 			return
 		}
 		c.t = t
-		ts.names = want
+		ts.names, ts.sorted = want, nil
 		for _, n := range c.removed {
 			delete(ts.held, n)
 		}
@@ -266,7 +271,10 @@ type subChange struct {
 
 // sortedNames is the explicit subscription of a type, sorted.
 func (ts *typeState) sortedNames() []string {
-	return slices.Sorted(maps.Keys(ts.names))
+	if ts.sorted == nil {
+		ts.sorted = slices.Sorted(maps.Keys(ts.names))
+	}
+	return ts.sorted
 }
 
 // count records a response's arrival and size.
