@@ -280,7 +280,7 @@ var partialTypes = [numTypes]bool{endpointType: true, routeType: true}
 // The request's version_info is what the client last accepted. The
 // subscription's ReturnedResources records what it was last sent: the
 // server stores there what each response's GetReturnedResources returns,
-// which is one marker entry naming the version of the selection sent (see
+// which is a marker naming the version of the selection sent (see
 // sotwMarker), or a map of name -> resource version when reconcile had to
 // spell it out. A response is held when:
 //   - it is an ACK of exactly this set's version, or
@@ -395,16 +395,17 @@ func sotwMarker(known map[string]string) (string, bool) {
 	return version, true
 }
 
-// reconcile runs once per watch, when its request has just changed the
-// subscription. The server drops the names a request no longer subscribes
-// to from ReturnedResources, so that a name subscribed again is sent again;
-// a marker survives that as long as one of its keys stays subscribed, and
-// would then claim the dropped names. So when the recorded selection is not the
-// current one and has names no longer subscribed, the marker is spelled
-// out as the map the server would have kept: the names of the selection
-// still subscribed, with the versions sent. When c.recent no longer holds
-// the selection, the record is cleared: what the client holds is then
-// unknown, and it gets the whole selection.
+// reconcile runs once per watch, when it is first checked: right after its
+// request may have changed the subscription. The server drops the names a
+// request no longer subscribes to from ReturnedResources, so that a name
+// subscribed again is sent again; a marker survives that as long as one of
+// its keys stays subscribed, and would then claim the dropped names. So
+// when the recorded selection is not the current one and has names no
+// longer subscribed, the marker is spelled out as the map the server would
+// have kept: the names of the selection still subscribed, with the
+// versions sent. When c.recent no longer holds the selection, the record
+// is cleared: what the client holds is then unknown, and it gets the whole
+// selection.
 //
 // known is the subscription's own map, made by GetReturnedResources for
 // this stream alone; the server touches it only between watches, so
