@@ -84,17 +84,7 @@ func TestEnvoyValidates(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			js, err := yaml.YAMLToJSON(out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var b bootstrapv3.Bootstrap
-			if err := protojson.Unmarshal(js, &b); err != nil {
-				t.Fatalf("not an Envoy bootstrap: %v\n%s", err, out)
-			}
-			if err := b.ValidateAll(); err != nil {
-				t.Fatalf("ValidateAll: %v", err)
-			}
+			b := parseEnvoy(t, out)
 			got, err := node.FromNode(b.GetNode())
 			if err != nil {
 				t.Fatal(err)
@@ -262,17 +252,7 @@ func TestEnvoyADSVariant(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			js, err := yaml.YAMLToJSON(out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var b bootstrapv3.Bootstrap
-			if err := protojson.Unmarshal(js, &b); err != nil {
-				t.Fatal(err)
-			}
-			if err := b.ValidateAll(); err != nil {
-				t.Fatalf("ValidateAll: %v", err)
-			}
+			b := parseEnvoy(t, out)
 			if got := b.GetDynamicResources().GetAdsConfig().GetApiType(); got != tc.want {
 				t.Errorf("ADS api_type = %v, want %v", got, tc.want)
 			}
@@ -289,17 +269,7 @@ func TestEnvoyWithSDS(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "envoy-sds.yaml", out)
-	js, err := yaml.YAMLToJSON(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b bootstrapv3.Bootstrap
-	if err := protojson.Unmarshal(js, &b); err != nil {
-		t.Fatalf("not an Envoy bootstrap: %v\n%s", err, out)
-	}
-	if err := b.ValidateAll(); err != nil {
-		t.Fatalf("ValidateAll: %v", err)
-	}
+	b := parseEnvoy(t, out)
 	clusters := map[string]*clusterv3.Cluster{}
 	for _, c := range b.GetStaticResources().GetClusters() {
 		clusters[c.GetName()] = c
@@ -319,4 +289,21 @@ func TestEnvoyWithSDS(t *testing.T) {
 	if n := common.GetValidationContextSdsSecretConfig().GetName(); n != SecretRootCA {
 		t.Errorf("validation secret = %q, want %q", n, SecretRootCA)
 	}
+}
+
+// parseEnvoy reads an Envoy bootstrap as Envoy would and validates it.
+func parseEnvoy(t *testing.T, out []byte) *bootstrapv3.Bootstrap {
+	t.Helper()
+	js, err := yaml.YAMLToJSON(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bootstrapv3.Bootstrap
+	if err := protojson.Unmarshal(js, &b); err != nil {
+		t.Fatalf("not an Envoy bootstrap: %v\n%s", err, out)
+	}
+	if err := b.ValidateAll(); err != nil {
+		t.Fatalf("ValidateAll: %v", err)
+	}
+	return &b
 }

@@ -13,9 +13,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/testing/protocmp"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/fjordmesh/fjord/bootstrap"
 	"github.com/fjordmesh/fjord/policy"
@@ -182,44 +180,19 @@ func TestEnvoyResourcesCarryNoKeyMaterial(t *testing.T) {
 // material other than by SDS name: inline or file data sources, TLS
 // certificates, and validation contexts with their own CA.
 func noKeyMaterial(m proto.Message) error {
-	switch v := m.(type) {
-	case *corev3.DataSource:
-		return fmt.Errorf("data source %v", v)
-	case *tlsv3.TlsCertificate:
-		return fmt.Errorf("inline TLS certificate")
-	case *tlsv3.CertificateValidationContext:
-		if v.GetTrustedCa() != nil || v.GetCaCertificateProviderInstance() != nil {
-			return fmt.Errorf("validation context with its own CA")
-		}
-	case *anypb.Any:
-		inner, err := v.UnmarshalNew()
-		if err != nil {
-			return fmt.Errorf("unpack %s: %w", v.GetTypeUrl(), err)
-		}
-		return noKeyMaterial(inner)
-	}
-	var err error
-	m.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		switch {
-		case fd.IsMap():
-			if fd.MapValue().Message() != nil {
-				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-					err = noKeyMaterial(mv.Message().Interface())
-					return err == nil
-				})
+	return walkDeep(m, func(m proto.Message) error {
+		switch v := m.(type) {
+		case *corev3.DataSource:
+			return fmt.Errorf("data source %v", v)
+		case *tlsv3.TlsCertificate:
+			return fmt.Errorf("inline TLS certificate")
+		case *tlsv3.CertificateValidationContext:
+			if v.GetTrustedCa() != nil || v.GetCaCertificateProviderInstance() != nil {
+				return fmt.Errorf("validation context with its own CA")
 			}
-		case fd.IsList():
-			if fd.Message() != nil {
-				for i := 0; i < v.List().Len() && err == nil; i++ {
-					err = noKeyMaterial(v.List().Get(i).Message().Interface())
-				}
-			}
-		case fd.Message() != nil:
-			err = noKeyMaterial(v.Message().Interface())
 		}
-		return err == nil
+		return nil
 	})
-	return err
 }
 
 // TestInboundPlaintext: without mTLS every connection is passed through

@@ -188,17 +188,28 @@ func TestValidateAll(t *testing.T) {
 
 // validateDeep validates m and every message nested in it, unpacking Any.
 func validateDeep(m proto.Message) error {
-	if v, ok := m.(validator); ok {
-		if err := v.ValidateAll(); err != nil {
-			return fmt.Errorf("%s: %w", m.ProtoReflect().Descriptor().FullName(), err)
+	return walkDeep(m, func(m proto.Message) error {
+		if v, ok := m.(validator); ok {
+			if err := v.ValidateAll(); err != nil {
+				return fmt.Errorf("%s: %w", m.ProtoReflect().Descriptor().FullName(), err)
+			}
 		}
+		return nil
+	})
+}
+
+// walkDeep calls visit on m and on every message nested in it, unpacking
+// Any, and stops at the first error.
+func walkDeep(m proto.Message, visit func(proto.Message) error) error {
+	if err := visit(m); err != nil {
+		return err
 	}
 	if a, ok := m.(*anypb.Any); ok {
 		inner, err := a.UnmarshalNew()
 		if err != nil {
 			return fmt.Errorf("unpack %s: %w", a.GetTypeUrl(), err)
 		}
-		return validateDeep(inner)
+		return walkDeep(inner, visit)
 	}
 	var err error
 	m.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
@@ -206,18 +217,18 @@ func validateDeep(m proto.Message) error {
 		case fd.IsMap():
 			if fd.MapValue().Message() != nil {
 				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-					err = validateDeep(mv.Message().Interface())
+					err = walkDeep(mv.Message().Interface(), visit)
 					return err == nil
 				})
 			}
 		case fd.IsList():
 			if fd.Message() != nil {
 				for i := 0; i < v.List().Len() && err == nil; i++ {
-					err = validateDeep(v.List().Get(i).Message().Interface())
+					err = walkDeep(v.List().Get(i).Message().Interface(), visit)
 				}
 			}
 		case fd.Message() != nil:
-			err = validateDeep(v.Message().Interface())
+			err = walkDeep(v.Message().Interface(), visit)
 		}
 		return err == nil
 	})
