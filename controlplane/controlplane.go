@@ -113,6 +113,11 @@ func Run(ctx context.Context, cfg Config) error {
 	return cp.Run(ctx)
 }
 
+// persistDelay is how long the config saved after a build waits, so that
+// the saves of a burst of changes are one write. A crash loses at most this
+// much, which the config source still has.
+const persistDelay = 250 * time.Millisecond
+
 // New opens the data directory, serves the config persisted there (if any)
 // from the cache at once, and binds the listeners. Call Run to serve.
 func New(cfg Config) (_ *ControlPlane, err error) {
@@ -148,6 +153,11 @@ func New(cfg Config) (_ *ControlPlane, err error) {
 		if cp.store, err = store.Open(cfg.DataDir); err != nil {
 			return nil, err
 		}
+		// Each save is the whole config, written after every build: deferred
+		// and coalesced, it never competes with the push that build started.
+		cp.store.Defer(persistDelay, func(err error) {
+			cfg.Log.Error("cannot persist the config; a restart would serve an older one", "error", err)
+		})
 	}
 	cp.reg = prometheus.NewRegistry()
 	cp.metrics = newMetrics(cp.reg)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -42,6 +43,15 @@ var (
 // Store is an open data directory. Its methods are safe for concurrent use.
 type Store struct {
 	db *bolt.DB
+
+	// With Defer, saves of the config bucket wait in pending (latest value
+	// per key) and are written together after delay, in one transaction.
+	mu      sync.Mutex
+	delay   time.Duration
+	onError func(error)
+	pending map[string]any
+	timer   *time.Timer
+	closed  bool
 }
 
 // Open opens (creating if needed) DATA/fjord.db in the data directory dir.
@@ -72,9 +82,63 @@ func Open(dir string) (*Store, error) {
 	return &Store{db: db}, nil
 }
 
-// Close releases the database and its lock.
+// Defer makes SaveConfig, SaveAccepted and SaveFiles return at once and
+// write delay later, keeping only the latest value of each and writing them
+// in one transaction, so a burst of changes costs one write. It exists for
+// the control plane's build path: every saved value is the whole config,
+// and encoding and syncing it on every endpoint change would compete for
+// the CPU with the push that change has just started. A failed write is
+// handed to onError. Reads and Close write what is pending first; a crash
+// loses at most delay's worth of saves, which the config source has anyway.
+// Values handed to a deferred save must not be changed afterwards.
+func (s *Store) Defer(delay time.Duration, onError func(error)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.delay, s.onError = delay, onError
+}
+
+// Flush writes every deferred save now.
+func (s *Store) Flush() error {
+	s.mu.Lock()
+	pending := s.pending
+	s.pending = nil
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	s.mu.Unlock()
+	if len(pending) == 0 {
+		return nil
+	}
+	data := make(map[string][]byte, len(pending))
+	for key, v := range pending {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encoding %s/%s: %w", bucketConfig, key, err)
+		}
+		data[key] = b
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for key, b := range data {
+			if err := tx.Bucket(bucketConfig).Put([]byte(key), b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("saving %s: %w", bucketConfig, err)
+	}
+	return nil
+}
+
+// Close writes what is pending, then releases the database and its lock.
 func (s *Store) Close() error {
-	return s.db.Close()
+	ferr := s.Flush()
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	return errors.Join(ferr, s.db.Close())
 }
 
 // SaveConfig records the snapshot that was last built and served.
@@ -124,6 +188,19 @@ func (s *Store) LoadFiles() (map[string][]byte, error) {
 }
 
 func (s *Store) put(key []byte, v any) error {
+	s.mu.Lock()
+	if s.delay > 0 && !s.closed {
+		if s.pending == nil {
+			s.pending = map[string]any{}
+		}
+		s.pending[string(key)] = v
+		if s.timer == nil {
+			s.timer = time.AfterFunc(s.delay, s.flushLater)
+		}
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
 	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encoding %s/%s: %w", bucketConfig, key, err)
@@ -137,7 +214,23 @@ func (s *Store) put(key []byte, v any) error {
 	return nil
 }
 
+// flushLater is the deferred write.
+func (s *Store) flushLater() {
+	s.mu.Lock()
+	onError, closed := s.onError, s.closed
+	s.mu.Unlock()
+	if closed {
+		return
+	}
+	if err := s.Flush(); err != nil && onError != nil {
+		onError(err)
+	}
+}
+
 func (s *Store) get(key []byte, into any) (bool, error) {
+	if err := s.Flush(); err != nil {
+		return false, err
+	}
 	var data []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		// Values are only valid inside the transaction: copy.

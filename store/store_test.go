@@ -171,3 +171,98 @@ func TestReservedBuckets(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// raw reads a key of the config bucket as it is on disk, bypassing the
+// flush that Load* do first.
+func raw(t *testing.T, s *Store, key []byte) []byte {
+	t.Helper()
+	var data []byte
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		data = append([]byte(nil), tx.Bucket(bucketConfig).Get(key)...)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// TestDeferredSavesCoalesce: deferred saves write nothing until they are
+// read, and then only the latest value of each key.
+func TestDeferredSavesCoalesce(t *testing.T) {
+	s := open(t, t.TempDir())
+	s.Defer(time.Hour, func(err error) { t.Errorf("deferred write failed: %v", err) })
+	if err := s.SaveConfig(testSnapshot()); err != nil {
+		t.Fatal(err)
+	}
+	empty := &model.Snapshot{}
+	if err := s.SaveConfig(empty); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveAccepted(testPolicies()); err != nil {
+		t.Fatal(err)
+	}
+	if d := raw(t, s, keySnapshot); d != nil {
+		t.Fatalf("a deferred save was written at once: %s", d)
+	}
+	got, ok, err := s.LoadConfig()
+	if err != nil || !ok {
+		t.Fatalf("LoadConfig = ok %v, err %v", ok, err)
+	}
+	if d := cmp.Diff(empty, got); d != "" {
+		t.Errorf("LoadConfig is not the latest save (-want +got):\n%s", d)
+	}
+	if raw(t, s, keyAccepted) == nil {
+		t.Error("reading did not write the other pending keys")
+	}
+}
+
+// TestDeferredSavesSurviveClose: Close writes what is pending.
+func TestDeferredSavesSurviveClose(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	s.Defer(time.Hour, func(err error) { t.Errorf("deferred write failed: %v", err) })
+	want := map[string][]byte{"a.yaml": []byte("kind: Service\n")}
+	if err := s.SaveFiles(want); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir)
+	got, err := s.LoadFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("(-saved +loaded):\n%s", d)
+	}
+}
+
+// TestDeferredSavesAreWrittenLater: without a read or a Close, the timer
+// writes them; a value that cannot be written reaches onError.
+func TestDeferredSavesAreWrittenLater(t *testing.T) {
+	s := open(t, t.TempDir())
+	failed := make(chan error, 1)
+	s.Defer(time.Millisecond, func(err error) { failed <- err })
+	if err := s.SaveAccepted(testPolicies()); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for raw(t, s, keyAccepted) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the deferred save was never written")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := s.put(keyFiles, make(chan int)); err != nil {
+		t.Fatalf("a deferred save failed at once: %v", err)
+	}
+	select {
+	case err := <-failed:
+		if !strings.Contains(err.Error(), "encoding config/files") {
+			t.Errorf("onError got %v, want the key named", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a failed deferred write never reached onError")
+	}
+}
