@@ -9,7 +9,6 @@ import (
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // A sidecar's inbound side is one listener and one cluster that are the
@@ -87,13 +86,19 @@ func virtualInboundListener(opts Options) *listenerv3.Listener {
 // the inbound passthrough cluster; its name is also the TCP proxy's stat
 // prefix.
 func inboundChain(name string) *listenerv3.FilterChain {
+	return tcpProxyChain(name, InboundPassthroughClusterName)
+}
+
+// tcpProxyChain is a filter chain named name that proxies the connection's
+// bytes to cluster, with name as the TCP proxy's stat prefix.
+func tcpProxyChain(name, cluster string) *listenerv3.FilterChain {
 	return &listenerv3.FilterChain{
 		Name: name,
 		Filters: []*listenerv3.Filter{{
 			Name: wellknown.TCPProxy,
 			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(&tcpproxyv3.TcpProxy{
 				StatPrefix:       name,
-				ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: InboundPassthroughClusterName},
+				ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
 			})},
 		}},
 	}
@@ -126,14 +131,11 @@ func listenerFilter(name string, config proto.Message) *listenerv3.ListenerFilte
 // whole of 127.0.0.0/8 is the loopback interface's) and is not 127.0.0.1,
 // which the application's own loopback traffic uses.
 func inboundPassthroughCluster() *clusterv3.Cluster {
-	return &clusterv3.Cluster{
-		Name:                 InboundPassthroughClusterName,
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
-		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
-		ConnectTimeout:       durationpb.New(DefaultConnectTimeout),
-		UpstreamBindConfig: &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{
-			Address:       InboundPassthroughSourceAddress,
-			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0},
-		}},
-	}
+	c := passthroughCluster()
+	c.Name = InboundPassthroughClusterName
+	c.UpstreamBindConfig = &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{
+		Address:       InboundPassthroughSourceAddress,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0},
+	}}
+	return c
 }

@@ -6,7 +6,6 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -45,20 +44,11 @@ func envoyOutbound(ports []servicePort) ([]*listenerv3.Listener, []*routev3.Rout
 // default chain straight to its original destination.
 func virtualOutboundListener() *listenerv3.Listener {
 	return &listenerv3.Listener{
-		Name:             VirtualOutboundListenerName,
-		Address:          socketAddress("0.0.0.0", VirtualOutboundPort),
-		UseOriginalDst:   wrapperspb.Bool(true),
-		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
-		DefaultFilterChain: &listenerv3.FilterChain{
-			Name: PassthroughClusterName,
-			Filters: []*listenerv3.Filter{{
-				Name: wellknown.TCPProxy,
-				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(&tcpproxyv3.TcpProxy{
-					StatPrefix:       PassthroughClusterName,
-					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: PassthroughClusterName},
-				})},
-			}},
-		},
+		Name:               VirtualOutboundListenerName,
+		Address:            socketAddress("0.0.0.0", VirtualOutboundPort),
+		UseOriginalDst:     wrapperspb.Bool(true),
+		TrafficDirection:   corev3.TrafficDirection_OUTBOUND,
+		DefaultFilterChain: tcpProxyChain(PassthroughClusterName, PassthroughClusterName),
 	}
 }
 
