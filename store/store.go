@@ -4,8 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -110,8 +113,14 @@ func (s *Store) Flush() error {
 	if len(pending) == 0 {
 		return nil
 	}
-	data := make(map[string][]byte, len(pending))
-	for key, v := range pending {
+	return s.write(pending)
+}
+
+// write encodes values and writes them to the config bucket in one
+// transaction; an error names every key.
+func (s *Store) write(values map[string]any) error {
+	data := make(map[string][]byte, len(values))
+	for key, v := range values {
 		b, err := json.Marshal(v)
 		if err != nil {
 			return fmt.Errorf("encoding %s/%s: %w", bucketConfig, key, err)
@@ -127,7 +136,7 @@ func (s *Store) Flush() error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("saving %s: %w", bucketConfig, err)
+		return fmt.Errorf("saving %s/%s: %w", bucketConfig, strings.Join(slices.Sorted(maps.Keys(data)), ","), err)
 	}
 	return nil
 }
@@ -201,17 +210,7 @@ func (s *Store) put(key []byte, v any) error {
 		return nil
 	}
 	s.mu.Unlock()
-	data, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("encoding %s/%s: %w", bucketConfig, key, err)
-	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketConfig).Put(key, data)
-	})
-	if err != nil {
-		return fmt.Errorf("saving %s/%s: %w", bucketConfig, key, err)
-	}
-	return nil
+	return s.write(map[string]any{string(key): v})
 }
 
 // flushLater is the deferred write.
