@@ -249,10 +249,7 @@ func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
 		stats   Stats
 	)
 	for t := range numTypes {
-		next[t], changed[t] = diff(t, prev[t], in[t], &stats, func() string {
-			c.gen++
-			return strconv.FormatUint(c.gen, 10)
-		})
+		next[t], changed[t] = diff(t, prev[t], in[t], &stats, c.nextGen)
 	}
 
 	c.mu.Lock()
@@ -264,6 +261,13 @@ func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
 	notified := c.fanOut(ks, woken)
 	c.logUpdate("xds cache updated", kind, stats, notified, first, start)
 	return stats, nil
+}
+
+// nextGen names a new snapshot (see typeSnapshot.gen). updateMu must be
+// held.
+func (c *Cache) nextGen() string {
+	c.gen++
+	return strconv.FormatUint(c.gen, 10)
 }
 
 // publishLocked makes next what the kind serves and returns the watches
@@ -420,10 +424,7 @@ func (c *Cache) Patch(kind node.Kind, upsert *translate.Resources, remove Names)
 		stats   Stats
 	)
 	for t := range numTypes {
-		next[t], changed[t] = patch(t, prev[t], in[t], removals[t], &stats, func() string {
-			c.gen++
-			return strconv.FormatUint(c.gen, 10)
-		})
+		next[t], changed[t] = patch(t, prev[t], in[t], removals[t], &stats, c.nextGen)
 	}
 
 	c.mu.Lock()
@@ -487,6 +488,18 @@ func prepare[M validated](t typ, list []M, name func(M) string) ([]marshalled, e
 	return out, nil
 }
 
+// newEntry is a resource of type t in both served forms, which share its
+// bytes.
+func newEntry(t typ, m marshalled) *entry {
+	payload := &anypb.Any{TypeUrl: typeURLs[t], Value: m.bytes}
+	return &entry{
+		name:    m.name,
+		version: m.version,
+		any:     payload,
+		res:     &discoveryv3.Resource{Name: m.name, Version: m.version, Resource: payload},
+	}
+}
+
 // diff builds the next snapshot of one type, reusing the previous entry of
 // every resource whose version is unchanged, and reports the names added,
 // modified or removed. With no change it returns prev itself.
@@ -498,13 +511,7 @@ func diff(t typ, prev *typeSnapshot, in []marshalled, stats *Stats, gen func() s
 			sorted = append(sorted, e)
 			continue
 		}
-		payload := &anypb.Any{TypeUrl: typeURLs[t], Value: m.bytes}
-		sorted = append(sorted, &entry{
-			name:    m.name,
-			version: m.version,
-			any:     payload,
-			res:     &discoveryv3.Resource{Name: m.name, Version: m.version, Resource: payload},
-		})
+		sorted = append(sorted, newEntry(t, m))
 		changed[m.name] = struct{}{}
 		stats.Changed++
 	}
@@ -521,7 +528,7 @@ func diff(t typ, prev *typeSnapshot, in []marshalled, stats *Stats, gen func() s
 	if len(changed) == 0 {
 		return prev, nil
 	}
-	slices.SortFunc(sorted, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	sortByName(sorted)
 	return newTypeSnapshot(sorted, gen()), changed
 }
 
@@ -538,13 +545,7 @@ func patch(t typ, prev *typeSnapshot, in []marshalled, remove []string, stats *S
 		if old != nil && old.version == m.version {
 			continue
 		}
-		payload := &anypb.Any{TypeUrl: typeURLs[t], Value: m.bytes}
-		e := &entry{
-			name:    m.name,
-			version: m.version,
-			any:     payload,
-			res:     &discoveryv3.Resource{Name: m.name, Version: m.version, Resource: payload},
-		}
+		e := newEntry(t, m)
 		if old != nil {
 			replaced[m.name] = e
 		} else {
@@ -578,7 +579,7 @@ func patch(t typ, prev *typeSnapshot, in []marshalled, remove []string, stats *S
 	}
 	if len(added) > 0 {
 		sorted = append(sorted, added...)
-		slices.SortFunc(sorted, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+		sortByName(sorted)
 	}
 	return newTypeSnapshot(sorted, gen()), changed
 }

@@ -129,7 +129,7 @@ func (w *watch) deltaRespond(ts *typeSnapshot, changed map[string]struct{}) cach
 	if len(updated) == 0 && len(removed) == 0 && !first {
 		return nil
 	}
-	slices.SortFunc(updated, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	sortByName(updated)
 	slices.Sort(removed)
 	resources := make([]*discoveryv3.Resource, len(updated))
 	for i, e := range updated {
@@ -217,7 +217,7 @@ func parseRecord(table string) []*entry {
 	}
 	// Sorted when written; a record a client made up must not break the
 	// binary search.
-	slices.SortFunc(out, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	sortByName(out)
 	return out
 }
 
@@ -354,10 +354,10 @@ func (r *deltaResponse) GetReturnedResources() map[string]string {
 func (r *deltaResponse) record() map[string]string {
 	h, ts := r.held, r.ts
 	sent := func(name string) bool {
-		_, ok := slices.BinarySearchFunc(r.updated, name, func(e *entry, n string) int { return strings.Compare(e.name, n) })
-		if !ok {
-			_, ok = slices.BinarySearch(r.out.GetRemovedResources(), name)
+		if find(r.updated, name) != nil {
+			return true
 		}
+		_, ok := slices.BinarySearch(r.out.GetRemovedResources(), name)
 		return ok
 	}
 	m := map[string]string{}

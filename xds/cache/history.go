@@ -48,6 +48,12 @@ func (h *history) get(gen string) ([]*entry, bool) {
 	return nil, false
 }
 
+// sortByName sorts entries by name, the order snapshots, selections and
+// responses keep them in.
+func sortByName(entries []*entry) {
+	slices.SortFunc(entries, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+}
+
 // find returns the entry named name in entries sorted by name, or nil.
 func find(entries []*entry, name string) *entry {
 	i, ok := slices.BinarySearchFunc(entries, name, func(e *entry, n string) int { return strings.Compare(e.name, n) })

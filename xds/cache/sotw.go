@@ -152,7 +152,7 @@ func sotwSelect(ts *typeSnapshot, wildcard bool, names map[string]struct{}) *sel
 				entries = append(entries, e)
 			}
 		}
-		slices.SortFunc(entries, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+		sortByName(entries)
 	}
 	payloads := make([]*anypb.Any, len(entries))
 	for i, e := range entries {
@@ -481,7 +481,7 @@ func changedPayloads(ts *typeSnapshot, sub cachev3.Subscription, changed map[str
 			entries = append(entries, e)
 		}
 	}
-	slices.SortFunc(entries, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	sortByName(entries)
 	payloads := make([]*anypb.Any, len(entries))
 	for i, e := range entries {
 		payloads[i] = e.any
