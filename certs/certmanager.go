@@ -179,11 +179,7 @@ func (e *ExternalIssuer) Load(tlsCrt, tlsKey, caCrt []byte) error {
 	// roots were established), so holding back another intermediate under
 	// them would protect no peer.
 	established := signingRoots(e.active.chain, e.trusted(), now)
-	for _, r := range s.roots {
-		if _, ok := e.since[string(r.Raw)]; !ok {
-			e.since[string(r.Raw)] = now
-		}
-	}
+	e.enter(s.roots, now)
 	signsAt := time.Time{}
 	for _, r := range slices.Concat(e.trusted(), s.roots) {
 		since := e.since[string(r.Raw)]
@@ -204,13 +200,7 @@ func (e *ExternalIssuer) Load(tlsCrt, tlsKey, caCrt []byte) error {
 	}
 	// Roots that left ca.crt stay until one overlap after the new
 	// intermediate signs.
-	for _, r := range e.current {
-		if !containsCert(s.roots, r) {
-			e.retiring = append(e.retiring, retiringRoot{cert: r, until: signsAt.Add(overlap)})
-		}
-	}
-	e.current = s.roots
-	e.retiring = slices.DeleteFunc(e.retiring, func(r retiringRoot) bool { return containsCert(e.current, r.cert) })
+	e.replaceRoots(e.current, s.roots, signsAt.Add(overlap))
 	e.publish()
 	e.persist()
 	return nil
@@ -244,18 +234,9 @@ func (e *ExternalIssuer) resume(s *externalSigner, now time.Time) {
 			"stored", describe(r.pending[0]), "issued", describe(s.cert))
 	}
 	overlap := Overlap(e.opts.LeafTTL, e.opts.Skew)
-	for _, root := range s.roots {
-		if _, ok := e.since[string(root.Raw)]; !ok {
-			e.since[string(root.Raw)] = now
-		}
-	}
-	for _, c := range r.current {
-		if !containsCert(s.roots, c) {
-			e.retiring = append(e.retiring, retiringRoot{cert: c, until: now.Add(overlap)})
-		}
-	}
-	e.active, e.current = s, s.roots
-	e.retiring = slices.DeleteFunc(e.retiring, func(r retiringRoot) bool { return containsCert(e.current, r.cert) })
+	e.enter(s.roots, now)
+	e.active = s
+	e.replaceRoots(r.current, s.roots, now.Add(overlap))
 	var trustedBy time.Time
 	for _, root := range s.roots {
 		if at := e.since[string(root.Raw)].Add(overlap); trustedBy.IsZero() || at.Before(trustedBy) {
@@ -270,6 +251,29 @@ func (e *ExternalIssuer) resume(s *externalSigner, now time.Time) {
 	}
 	e.log.Info("signing intermediate loaded after a restart", "signer", describe(s.cert), "roots", len(s.roots),
 		"retiring_roots", len(e.retiring))
+}
+
+// enter records now as the moment each of roots entered the bundle,
+// keeping the earlier moment of a root already in it. Called with mu held.
+func (e *ExternalIssuer) enter(roots []*x509.Certificate, now time.Time) {
+	for _, r := range roots {
+		if _, ok := e.since[string(r.Raw)]; !ok {
+			e.since[string(r.Raw)] = now
+		}
+	}
+}
+
+// replaceRoots makes roots the current ones: each root of old that is not
+// among them retires at until, and a retiring root that is among them is
+// current again. Called with mu held.
+func (e *ExternalIssuer) replaceRoots(old, roots []*x509.Certificate, until time.Time) {
+	for _, r := range old {
+		if !containsCert(roots, r) {
+			e.retiring = append(e.retiring, retiringRoot{cert: r, until: until})
+		}
+	}
+	e.current = roots
+	e.retiring = slices.DeleteFunc(e.retiring, func(r retiringRoot) bool { return containsCert(roots, r.cert) })
 }
 
 // Run takes the held-back steps when they are due (a pending intermediate
