@@ -124,14 +124,18 @@ func (s *Server) request(k streamKey, n *corev3.Node, typeURL, nonce string, nac
 		st = &stream{}
 		s.streams[k] = st
 	}
+	var (
+		pinned *corev3.Node
+		peer   *certs.Identity
+	)
+	if st != nil {
+		pinned, peer = st.node, st.peer
+	}
 	s.mu.Unlock()
 	if st == nil {
 		// A secure stream exists only once authenticated.
 		return status.Error(codes.Unauthenticated, "authenticated xDS: stream was not authenticated")
 	}
-	s.mu.Lock()
-	pinned, peer := st.node, st.peer
-	s.mu.Unlock()
 
 	switch {
 	case pinned == nil:
