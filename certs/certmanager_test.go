@@ -99,8 +99,7 @@ func changedNow(ch <-chan struct{}) bool {
 func TestExternalIssuerRenewalUnderTheSameRoot(t *testing.T) {
 	clk := clocktesting.NewFakeClock(t0)
 	e := NewExternalIssuer(ExternalOptions{Clock: clk, LeafTTL: time.Hour, Log: quietLog()})
-	id := Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
-	if _, err := e.Sign(csrWith(t, &x509.CertificateRequest{}), id, 0); !errors.Is(err, ErrNotLoaded) {
+	if _, err := e.Sign(csrWith(t, &x509.CertificateRequest{}), cart, 0); !errors.Is(err, ErrNotLoaded) {
 		t.Fatalf("Sign before Load: %v, want ErrNotLoaded", err)
 	}
 	root := newExtRoot(t, "issuer", t0)
@@ -110,7 +109,7 @@ func TestExternalIssuerRenewalUnderTheSameRoot(t *testing.T) {
 	if !changedNow(e.Loaded()) {
 		t.Fatal("Loaded not closed after Load")
 	}
-	first := issue(t, e, id, 0)
+	first := issue(t, e, cart, 0)
 	if err := verify(first, e.Bundle(), clk.Now()); err != nil {
 		t.Fatalf("leaf does not verify against the bundle: %v", err)
 	}
@@ -139,7 +138,7 @@ func TestExternalIssuerRenewalUnderTheSameRoot(t *testing.T) {
 	}
 	// Renewed under the same root: signs at once, the bundle is the same,
 	// and leaves from before still verify.
-	second := issue(t, e, id, 0)
+	second := issue(t, e, cart, 0)
 	if second[1].Equal(first[1]) {
 		t.Fatal("still signing with the old intermediate after a renewal under the same root")
 	}
@@ -157,7 +156,6 @@ func TestExternalIssuerNewRootOverlaps(t *testing.T) {
 	clk := clocktesting.NewFakeClock(t0)
 	const leafTTL = time.Hour
 	e := NewExternalIssuer(ExternalOptions{Clock: clk, LeafTTL: leafTTL, Log: quietLog()})
-	id := Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
 	oldRoot, newRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0)
 	if err := e.Load(oldRoot.issue(t, t0, 90*24*time.Hour)); err != nil {
 		t.Fatal(err)
@@ -167,7 +165,7 @@ func TestExternalIssuerNewRootOverlaps(t *testing.T) {
 	// (what a peer holds), which is the point of the overlap.
 	checkAll := func(step string) {
 		t.Helper()
-		leaves = append(leaves, issue(t, e, id, 0))
+		leaves = append(leaves, issue(t, e, cart, 0))
 		for i, l := range leaves {
 			if clk.Now().After(l[0].NotAfter) {
 				continue
@@ -186,7 +184,7 @@ func TestExternalIssuerNewRootOverlaps(t *testing.T) {
 	if len(e.Bundle()) != 2 {
 		t.Fatalf("bundle after the new root: %d roots, want old and new", len(e.Bundle()))
 	}
-	if l := issue(t, e, id, 0); verify(l, []*x509.Certificate{oldRoot.cert}, clk.Now()) != nil {
+	if l := issue(t, e, cart, 0); verify(l, []*x509.Certificate{oldRoot.cert}, clk.Now()) != nil {
 		t.Fatal("signing under the new root before the bundle had one overlap to spread")
 	}
 	checkAll("new root trusted")
@@ -204,7 +202,7 @@ func TestExternalIssuerNewRootOverlaps(t *testing.T) {
 	if err := e.Load(renewed, renewedKey, newCA); err != nil {
 		t.Fatal(err)
 	}
-	if l := issue(t, e, id, 0); verify(l, []*x509.Certificate{oldRoot.cert}, clk.Now()) != nil {
+	if l := issue(t, e, cart, 0); verify(l, []*x509.Certificate{oldRoot.cert}, clk.Now()) != nil {
 		t.Fatal("a second intermediate under the new root signed before the overlap ended")
 	}
 	if next := e.advance(); !next.Equal(t0.Add(overlap)) {
@@ -213,7 +211,7 @@ func TestExternalIssuerNewRootOverlaps(t *testing.T) {
 	checkAll("renewed again half way")
 	clk.Step(overlap / 2)
 	e.advance()
-	l := issue(t, e, id, 0)
+	l := issue(t, e, cart, 0)
 	if verify(l, []*x509.Certificate{newRoot.cert}, clk.Now()) != nil {
 		t.Fatal("not signing under the new root after the overlap")
 	}
@@ -290,6 +288,21 @@ func restoredExternal(t *testing.T, clk *clocktesting.FakeClock, st Storage, lea
 	return e
 }
 
+// cart is the workload the issuers sign leaves for.
+var cart = Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
+
+// startRollover is the start of a move to a new root: an ExternalIssuer on
+// st, restored, signing with an intermediate of oldRoot since t0, and the
+// newRoot cert-manager will issue under next.
+func startRollover(t *testing.T, st Storage, leafTTL time.Duration) (clk *clocktesting.FakeClock, oldRoot, newRoot extRoot, e *ExternalIssuer) {
+	t.Helper()
+	clk = clocktesting.NewFakeClock(t0)
+	oldRoot, newRoot = newExtRoot(t, "old", t0), newExtRoot(t, "new", t0)
+	e = restoredExternal(t, clk, st, leafTTL)
+	mustLoad(t, e, oldRoot, t0)
+	return clk, oldRoot, newRoot, e
+}
+
 func load(t *testing.T, e *ExternalIssuer, crt, key, ca []byte) {
 	t.Helper()
 	if err := e.Load(crt, key, ca); err != nil {
@@ -307,22 +320,18 @@ func mustLoad(t *testing.T, e *ExternalIssuer, root extRoot, now time.Time) {
 func bundleHas(e *ExternalIssuer, c *x509.Certificate) bool { return containsCert(e.Bundle(), c) }
 
 func TestExternalIssuerRestartKeepsRetiringRoots(t *testing.T) {
-	clk := clocktesting.NewFakeClock(t0)
 	const leafTTL = time.Hour
 	overlap := Overlap(leafTTL, DefaultSkew)
-	id := Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
-	oldRoot, newRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0)
 	st := &memStorage{}
-	e := restoredExternal(t, clk, st, leafTTL)
-	mustLoad(t, e, oldRoot, t0)
+	clk, oldRoot, newRoot, e := startRollover(t, st, leafTTL)
 	newCrt, newKey, newCA := newRoot.issue(t, t0, 90*24*time.Hour)
 	load(t, e, newCrt, newKey, newCA)
 	// The last leaf of the old intermediate, just before the switch.
 	clk.Step(overlap - time.Minute)
-	lastOld := issue(t, e, id, 0)
+	lastOld := issue(t, e, cart, 0)
 	clk.Step(time.Minute)
 	e.advance()
-	if verify(issue(t, e, id, 0), []*x509.Certificate{newRoot.cert}, clk.Now()) != nil {
+	if verify(issue(t, e, cart, 0), []*x509.Certificate{newRoot.cert}, clk.Now()) != nil {
 		t.Fatal("not signing under the new root after the overlap")
 	}
 
@@ -359,18 +368,14 @@ func TestExternalIssuerRestartKeepsRetiringRoots(t *testing.T) {
 }
 
 func TestExternalIssuerRestartDuringHoldBack(t *testing.T) {
-	clk := clocktesting.NewFakeClock(t0)
 	const leafTTL = time.Hour
 	overlap := Overlap(leafTTL, DefaultSkew)
-	id := Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
-	oldRoot, newRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0)
 	st := &memStorage{}
-	e := restoredExternal(t, clk, st, leafTTL)
-	mustLoad(t, e, oldRoot, t0)
+	clk, oldRoot, newRoot, e := startRollover(t, st, leafTTL)
 	newCrt, newKey, newCA := newRoot.issue(t, t0, 90*24*time.Hour)
 	load(t, e, newCrt, newKey, newCA)
 	clk.Step(overlap / 2)
-	lastOld := issue(t, e, id, 0)
+	lastOld := issue(t, e, cart, 0)
 	stored, err := decodeOverlap(st.data)
 	if err != nil {
 		t.Fatal(err)
@@ -383,7 +388,7 @@ func TestExternalIssuerRestartDuringHoldBack(t *testing.T) {
 	// went with the process, so the new one signs: leaves never stop.
 	r := restoredExternal(t, clk, st, leafTTL)
 	load(t, r, newCrt, newKey, newCA)
-	if l := issue(t, r, id, 0); verify(l, []*x509.Certificate{newRoot.cert}, clk.Now()) != nil {
+	if l := issue(t, r, cart, 0); verify(l, []*x509.Certificate{newRoot.cert}, clk.Now()) != nil {
 		t.Fatal("after the restart the issued intermediate must sign")
 	}
 	if err := verify(lastOld, r.Bundle(), clk.Now()); err != nil {
@@ -399,7 +404,7 @@ func TestExternalIssuerRestartDuringHoldBack(t *testing.T) {
 	// root are out already, holding it back would protect no peer.
 	renewed, renewedKey, renewedCA := newRoot.issue(t, clk.Now(), 90*24*time.Hour)
 	load(t, r, renewed, renewedKey, renewedCA)
-	if l := issue(t, r, id, 0); !l[1].Equal(mustParse(t, renewed)) {
+	if l := issue(t, r, cart, 0); !l[1].Equal(mustParse(t, renewed)) {
 		t.Fatal("a renewal under the root already signing was held back")
 	}
 	// Restarting again, the old root still stays until its time.
@@ -415,15 +420,11 @@ func TestExternalIssuerRestartDuringHoldBack(t *testing.T) {
 // one overlap after that date, not signing at once as under a root every
 // peer knew from the start.
 func TestExternalIssuerRestartKeepsWhenRootsEntered(t *testing.T) {
-	clk := clocktesting.NewFakeClock(t0)
 	const leafTTL = time.Hour
 	overlap := Overlap(leafTTL, DefaultSkew)
-	id := Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
-	oldRoot, newRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0)
-	both := EncodeCerts([]*x509.Certificate{oldRoot.cert, newRoot.cert})
 	st := &memStorage{}
-	e := restoredExternal(t, clk, st, leafTTL)
-	mustLoad(t, e, oldRoot, t0)
+	clk, oldRoot, newRoot, e := startRollover(t, st, leafTTL)
+	both := EncodeCerts([]*x509.Certificate{oldRoot.cert, newRoot.cert})
 	// The issuer's ca.crt gains the new root (a CA bundle rollover); the
 	// intermediate is still under the old one.
 	clk.Step(time.Minute)
@@ -437,7 +438,7 @@ func TestExternalIssuerRestartKeepsWhenRootsEntered(t *testing.T) {
 	// Now the intermediate moves under the new root.
 	newCrt, newKey, _ := newRoot.issue(t, clk.Now(), 90*24*time.Hour)
 	load(t, r, newCrt, newKey, both)
-	if l := issue(t, r, id, 0); !l[1].Equal(mustParse(t, crt)) {
+	if l := issue(t, r, cart, 0); !l[1].Equal(mustParse(t, crt)) {
 		t.Fatal("an intermediate under a root that entered the bundle half an overlap ago signed at once after a restart")
 	}
 	if next := r.advance(); !next.Equal(entered.Add(overlap)) {
@@ -445,18 +446,14 @@ func TestExternalIssuerRestartKeepsWhenRootsEntered(t *testing.T) {
 	}
 	clk.Step(overlap / 2)
 	r.advance()
-	if l := issue(t, r, id, 0); !l[1].Equal(mustParse(t, newCrt)) {
+	if l := issue(t, r, cart, 0); !l[1].Equal(mustParse(t, newCrt)) {
 		t.Fatal("not signing with it once due")
 	}
 }
 
 func mustParse(t *testing.T, crt []byte) *x509.Certificate {
 	t.Helper()
-	c, err := ParseCerts(crt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c[0]
+	return mustChain(t, crt)[0]
 }
 
 func TestExternalIssuerStoresNoPrivateKey(t *testing.T) {
@@ -596,14 +593,11 @@ func TestExternalIssuerLoadNeedsRestore(t *testing.T) {
 }
 
 func TestExternalIssuerRestartDropsAStoredIntermediateNoLongerIssued(t *testing.T) {
-	clk := clocktesting.NewFakeClock(t0)
 	const leafTTL = time.Hour
 	overlap := Overlap(leafTTL, DefaultSkew)
-	id := Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
-	oldRoot, newRoot, thirdRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0), newExtRoot(t, "third", t0)
 	st := &memStorage{}
-	e := restoredExternal(t, clk, st, leafTTL)
-	mustLoad(t, e, oldRoot, t0)
+	clk, oldRoot, newRoot, e := startRollover(t, st, leafTTL)
+	thirdRoot := newExtRoot(t, "third", t0)
 	mustLoad(t, e, newRoot, t0) // held back until t0+overlap
 	clk.Step(overlap / 4)
 
@@ -617,7 +611,7 @@ func TestExternalIssuerRestartDropsAStoredIntermediateNoLongerIssued(t *testing.
 	}
 	crt, key, ca := thirdRoot.issue(t, clk.Now(), 90*24*time.Hour)
 	load(t, r, crt, key, ca)
-	if l := issue(t, r, id, 0); verify(l, []*x509.Certificate{thirdRoot.cert}, clk.Now()) != nil {
+	if l := issue(t, r, cart, 0); verify(l, []*x509.Certificate{thirdRoot.cert}, clk.Now()) != nil {
 		t.Fatal("the issued intermediate does not sign after the restart")
 	}
 	for _, want := range []string{"matches no issued one; dropping it", "signing at once with an intermediate under roots peers may not all trust yet"} {
@@ -684,18 +678,14 @@ func (f *flakyStorage) Update(ctx context.Context, data map[string][]byte, rev s
 }
 
 func TestExternalIssuerRetriesAFailedWrite(t *testing.T) {
-	clk := clocktesting.NewFakeClock(t0)
 	const leafTTL = time.Hour
 	overlap := Overlap(leafTTL, DefaultSkew)
-	id := Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
-	oldRoot, newRoot := newExtRoot(t, "old", t0), newExtRoot(t, "new", t0)
 	st := &flakyStorage{}
-	e := restoredExternal(t, clk, st, leafTTL)
-	mustLoad(t, e, oldRoot, t0)
+	clk, oldRoot, newRoot, e := startRollover(t, st, leafTTL)
 	st.down.Store(true)
 	mustLoad(t, e, newRoot, t0)
 	// Signing and the schedule go on without the storage...
-	if l := issue(t, e, id, 0); verify(l, []*x509.Certificate{oldRoot.cert}, clk.Now()) != nil {
+	if l := issue(t, e, cart, 0); verify(l, []*x509.Certificate{oldRoot.cert}, clk.Now()) != nil {
 		t.Fatal("a failed write changed the signer")
 	}
 	if stored, err := decodeOverlap(st.data); err != nil || stored.pending != nil {
