@@ -224,12 +224,13 @@ func EnvoyWith(info node.Info, xdsAddress string, opts EnvoyOptions) ([]byte, er
 		return nil, err
 	}
 	host, port, _ := splitAddress(xdsAddress)
-	b, err := envoyBootstrap(info, host, port)
+	ads := corev3.ApiConfigSource_DELTA_GRPC
+	if opts.StateOfTheWorld {
+		ads = corev3.ApiConfigSource_GRPC
+	}
+	b, err := envoyBootstrap(info, host, port, ads)
 	if err != nil {
 		return nil, err
-	}
-	if opts.StateOfTheWorld {
-		b.GetDynamicResources().GetAdsConfig().ApiType = corev3.ApiConfigSource_GRPC
 	}
 	if opts.SDSSocket != "" {
 		if err := addSDS(b, opts.SDSSocket); err != nil {
@@ -250,7 +251,7 @@ func EnvoyWith(info node.Info, xdsAddress string, opts EnvoyOptions) ([]byte, er
 	return out, nil
 }
 
-func envoyBootstrap(info node.Info, host string, port uint32) (*bootstrapv3.Bootstrap, error) {
+func envoyBootstrap(info node.Info, host string, port uint32, apiType corev3.ApiConfigSource_ApiType) (*bootstrapv3.Bootstrap, error) {
 	http2, err := anypb.New(&httpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
 			ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
@@ -281,7 +282,7 @@ func envoyBootstrap(info node.Info, host string, port uint32) (*bootstrapv3.Boot
 		},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
 			AdsConfig: &corev3.ApiConfigSource{
-				ApiType:             corev3.ApiConfigSource_DELTA_GRPC,
+				ApiType:             apiType,
 				TransportApiVersion: corev3.ApiVersion_V3,
 				GrpcServices: []*corev3.GrpcService{{
 					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
