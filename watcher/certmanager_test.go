@@ -154,27 +154,11 @@ func runCertManager(t *testing.T) {
 // kubernetes.io/tls Secret.
 func newIssuerCA(t *testing.T, ns, name string) (*corev1.Secret, *x509.Certificate) {
 	t.Helper()
-	key, err := certs.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: name},
+	root, key := newCACert(t, &x509.Certificate{
+		Subject:   pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(10 * 365 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key.Signer())
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}, nil, nil)
 	keyPEM, err := key.PEM()
 	if err != nil {
 		t.Fatal(err)
@@ -184,6 +168,33 @@ func newIssuerCA(t *testing.T, ns, name string) (*corev1.Secret, *x509.Certifica
 		Type:       corev1.SecretTypeTLS,
 		Data:       map[string][]byte{corev1.TLSCertKey: certs.EncodeCerts([]*x509.Certificate{root}), corev1.TLSPrivateKeyKey: keyPEM},
 	}, root
+}
+
+// newCACert makes a CA certificate from tmpl with a new key, signed by
+// parent's key (self-signed when parent is nil); it fills in the serial
+// number and the CA basic constraints.
+func newCACert(t *testing.T, tmpl, parent *x509.Certificate, parentKey *certs.Key) (*x509.Certificate, *certs.Key) {
+	t.Helper()
+	key, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tmpl.SerialNumber, err = rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127)); err != nil {
+		t.Fatal(err)
+	}
+	tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), parentKey.Signer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, key
 }
 
 // certManagerClient is an admin client that knows cert-manager's types.
@@ -209,27 +220,11 @@ func issueIntermediate(t *testing.T, issuerCA *corev1.Secret, root *x509.Certifi
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := certs.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: IntermediateName},
+	c, k := newCACert(t, &x509.Certificate{
+		Subject:   pkix.Name{CommonName: IntermediateName},
 		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(DefaultIntermediateDuration),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, k.Public(), rootKey.Signer())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}, root, rootKey)
 	key, err = k.PEM()
 	if err != nil {
 		t.Fatal(err)
