@@ -3,6 +3,7 @@ package cache_test
 import (
 	"fmt"
 	"maps"
+	"slices"
 	"testing"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -168,7 +169,7 @@ func TestDeltaResubscribeSendsAgain(t *testing.T) {
 				eds.settle()
 			}
 			eds.request([]string{"c"}, nil, nil, "")
-			if got := eds.take(); !contains(got, "c") {
+			if got := eds.take(); !slices.Contains(got, "c") {
 				t.Errorf("subscribed again to c, sent %v", got)
 			}
 			eds.ack()

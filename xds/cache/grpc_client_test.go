@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -70,21 +71,12 @@ func (r *watchRecorder) waitOpened(t *testing.T, version string) {
 	start := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for !slicesContain(r.opened, version) {
+	for !slices.Contains(r.opened, version) {
 		if time.Since(start) >= time.Minute {
 			t.Fatalf("no EDS watch acknowledging %s; opened %v", version, r.opened)
 		}
 		r.changed.Wait()
 	}
-}
-
-func slicesContain(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 func startHealthBackend(t *testing.T, ip string) string {
@@ -251,7 +243,7 @@ func TestGRPCClientMergesPartialEndpoints(t *testing.T) {
 		seen := map[string]bool{}
 		for len(seen) < len(want) {
 			got := call()
-			if !slicesContain(want, got) {
+			if !slices.Contains(want, got) {
 				t.Fatalf("RPC reached %s, want one of %v", got, want)
 			}
 			seen[got] = true

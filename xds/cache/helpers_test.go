@@ -15,6 +15,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+	"github.com/google/go-cmp/cmp"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -304,4 +305,42 @@ func deltaNames(out *discoveryv3.DeltaDiscoveryResponse) []string {
 		n = append(n, r.GetName())
 	}
 	return n
+}
+
+// fullSotw is what a new client subscribing to names is sent: the whole
+// selection, its version, and the ReturnedResources the server records.
+func fullSotw(t *testing.T, c *cache.Cache, typeURL string, names []string) (*discoveryv3.DiscoveryResponse, map[string]string) {
+	t.Helper()
+	s := newSotwClient(t, c, node.GRPC, typeURL, false)
+	s.request(names, "")
+	out := s.receive()
+	return out, maps.Clone(s.sub.ReturnedResources())
+}
+
+// checkHolds asserts that a client's recorded ReturnedResources and last
+// version are what a new client with the same subscription gets: what the
+// next request is judged against is the whole selection, however little the
+// response carried.
+func checkHolds(t *testing.T, c *cache.Cache, s *sotwClient, out *discoveryv3.DiscoveryResponse) {
+	t.Helper()
+	want, wantReturned := fullSotw(t, c, s.typeURL, s.names)
+	if out.GetVersionInfo() != want.GetVersionInfo() {
+		t.Errorf("version %s, want the whole selection's %s", out.GetVersionInfo(), want.GetVersionInfo())
+	}
+	if diff := cmp.Diff(wantReturned, s.sub.ReturnedResources()); diff != "" {
+		t.Errorf("ReturnedResources (-whole selection +got):\n%s", diff)
+	}
+}
+
+// receiveChange takes the client's pending response, asserts it carries
+// exactly the resources named want (decoded by name), and checks the client
+// is recorded as holding its whole selection (see checkHolds).
+func receiveChange(t *testing.T, c *cache.Cache, s *sotwClient, name func([]byte) string, want []string, what string) *discoveryv3.DiscoveryResponse {
+	t.Helper()
+	out := s.receive()
+	if diff := cmp.Diff(want, names(out, name)); diff != "" {
+		t.Errorf("%s (-want +got):\n%s", what, diff)
+	}
+	checkHolds(t, c, s, out)
+	return out
 }

@@ -1,6 +1,7 @@
 package cache_test
 
 import (
+	"slices"
 	"testing"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -28,11 +29,7 @@ func TestSotwForgottenSelectionSendsTheWhole(t *testing.T) {
 	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.20", "c": "10.0.0.30"}))
 	cache.ForgetSentSelections(c)
 	eds.ack(first)
-	out := eds.receive()
-	if diff := cmp.Diff([]string{"a", "b", "c"}, names(out, claName)); diff != "" {
-		t.Errorf("change before the ACK, selection forgotten (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, eds, out)
+	out := receiveChange(t, c, eds, claName, []string{"a", "b", "c"}, "change before the ACK, selection forgotten")
 	eds.ack(out)
 	eds.none()
 	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.10", "b": "10.0.0.20", "c": "10.0.0.30"}))
@@ -86,7 +83,7 @@ func TestSotwResubscribeSendsAgain(t *testing.T) {
 			eds.none()
 			eds.request([]string{"a", "b", "c"}, "")
 			out := eds.receive()
-			if got := names(out, claName); !contains(got, "c") {
+			if got := names(out, claName); !slices.Contains(got, "c") {
 				t.Errorf("subscribed again to c, sent %v", got)
 			}
 			checkHolds(t, c, eds, out)
@@ -116,11 +113,7 @@ func TestSotwShrinkDroppingTheRecord(t *testing.T) {
 	eds.ack(out)
 	eds.none()
 	eds.request([]string{"a", "b", "c"}, "")
-	out = eds.receive()
-	if diff := cmp.Diff([]string{"a", "c"}, names(out, claName)); diff != "" {
-		t.Errorf("grown back (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, eds, out)
+	out = receiveChange(t, c, eds, claName, []string{"a", "c"}, "grown back")
 }
 
 // A request that acknowledges a response and grows the subscription, while
@@ -135,20 +128,7 @@ func TestSotwGrowthDuringAChange(t *testing.T) {
 	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.10", "b": "10.0.0.20", "c": "10.0.0.3"}))
 	eds.acked = first.GetVersionInfo()
 	eds.request([]string{"a", "b", "c"}, "")
-	out := eds.receive()
-	if diff := cmp.Diff([]string{"b", "c"}, names(out, claName)); diff != "" {
-		t.Errorf("grown by c while b changed (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, eds, out)
+	out := receiveChange(t, c, eds, claName, []string{"b", "c"}, "grown by c while b changed")
 	eds.ack(out)
 	eds.none()
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

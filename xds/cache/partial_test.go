@@ -20,31 +20,6 @@ import (
 	"github.com/fjordmesh/fjord/xds/translate"
 )
 
-// fullSotw is what a new client subscribing to names is sent: the whole
-// selection, its version, and the ReturnedResources the server records.
-func fullSotw(t *testing.T, c *cache.Cache, typeURL string, names []string) (*discoveryv3.DiscoveryResponse, map[string]string) {
-	t.Helper()
-	s := newSotwClient(t, c, node.GRPC, typeURL, false)
-	s.request(names, "")
-	out := s.receive()
-	return out, maps.Clone(s.sub.ReturnedResources())
-}
-
-// checkHolds asserts that a client's recorded ReturnedResources and last
-// version are what a new client with the same subscription gets: what the
-// next request is judged against is the whole selection, however little the
-// response carried.
-func checkHolds(t *testing.T, c *cache.Cache, s *sotwClient, out *discoveryv3.DiscoveryResponse) {
-	t.Helper()
-	want, wantReturned := fullSotw(t, c, s.typeURL, s.names)
-	if out.GetVersionInfo() != want.GetVersionInfo() {
-		t.Errorf("version %s, want the whole selection's %s", out.GetVersionInfo(), want.GetVersionInfo())
-	}
-	if diff := cmp.Diff(wantReturned, s.sub.ReturnedResources()); diff != "" {
-		t.Errorf("ReturnedResources (-whole selection +got):\n%s", diff)
-	}
-}
-
 // holder is what an Envoy or grpc-go client holds of load assignments in
 // state of the world: every response merged in, nothing removed by absence.
 type holder map[string]string
@@ -69,11 +44,7 @@ func TestSotwEndpointsCarryOnlyWhatChanged(t *testing.T) {
 	eds.none()
 
 	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.99", "c": "10.0.0.3"}))
-	out := eds.receive()
-	if diff := cmp.Diff([]string{"b"}, names(out, claName)); diff != "" {
-		t.Errorf("after b moved (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, eds, out)
+	out := receiveChange(t, c, eds, claName, []string{"b"}, "after b moved")
 	held.apply(out)
 	eds.ack(out)
 	eds.none()
@@ -82,11 +53,7 @@ func TestSotwEndpointsCarryOnlyWhatChanged(t *testing.T) {
 	if _, err := c.Patch(node.GRPC, &translate.Resources{Endpoints: []*endpointv3.ClusterLoadAssignment{loadAssignment("c", "10.0.0.33")}}, cache.Names{}); err != nil {
 		t.Fatalf("Patch: %v", err)
 	}
-	out = eds.receive()
-	if diff := cmp.Diff([]string{"c"}, names(out, claName)); diff != "" {
-		t.Errorf("after c patched (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, eds, out)
+	out = receiveChange(t, c, eds, claName, []string{"c"}, "after c patched")
 	held.apply(out)
 	eds.ack(out)
 	eds.none()
@@ -100,11 +67,7 @@ func TestSotwEndpointsCarryOnlyWhatChanged(t *testing.T) {
 	one.request([]string{"a", "b"}, "")
 	one.ack(one.receive())
 	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.5", "b": "10.0.0.99", "c": "10.0.0.6", "d": "10.0.0.7"}))
-	out = one.receive()
-	if diff := cmp.Diff([]string{"a"}, names(out, claName)); diff != "" {
-		t.Errorf("a, c and d changed, a and b subscribed (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, one, out)
+	out = receiveChange(t, c, one, claName, []string{"a"}, "a, c and d changed, a and b subscribed")
 }
 
 // Clusters (and listeners) stay the state of the world: a client takes a
@@ -154,11 +117,7 @@ func TestSotwRoutesCarryOnlyWhatChanged(t *testing.T) {
 	rds.request([]string{"a", "b", "c"}, "")
 	rds.ack(rds.receive())
 	mustUpdate(t, c, node.GRPC, withRoutes(map[string]string{"a": "a", "b": "c", "c": "c"}))
-	out := rds.receive()
-	if diff := cmp.Diff([]string{"b"}, names(out, routeName)); diff != "" {
-		t.Errorf("RDS after b rerouted (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, rds, out)
+	out := receiveChange(t, c, rds, routeName, []string{"b"}, "RDS after b rerouted")
 	rds.ack(out)
 	rds.none()
 }
@@ -183,11 +142,7 @@ func TestSotwAfterNACKTheWholeSelection(t *testing.T) {
 	eds.none()
 
 	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.50", "c": "10.0.0.30"}))
-	out := eds.receive()
-	if diff := cmp.Diff([]string{"a", "b", "c"}, names(out, claName)); diff != "" {
-		t.Errorf("first change after a NACK (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, eds, out)
+	out := receiveChange(t, c, eds, claName, []string{"a", "b", "c"}, "first change after a NACK")
 	eds.ack(out)
 	eds.none()
 	// Accepted again: back to changes only.
@@ -210,20 +165,12 @@ func TestSotwGrowingSubscription(t *testing.T) {
 	eds.request([]string{"a", "b", "d"}, "")
 	eds.none()
 	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.11", "b": "10.0.0.2", "c": "10.0.0.3", "d": "10.0.0.4"}))
-	out := eds.receive()
-	if diff := cmp.Diff([]string{"a", "d"}, names(out, claName)); diff != "" {
-		t.Errorf("d created and a moved (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, eds, out)
+	out := receiveChange(t, c, eds, claName, []string{"a", "d"}, "d created and a moved")
 	eds.ack(out)
 	eds.none()
 
 	eds.request([]string{"a", "b", "c", "d"}, "")
-	out = eds.receive()
-	if diff := cmp.Diff([]string{"c"}, names(out, claName)); diff != "" {
-		t.Errorf("grown by an existing name (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, eds, out)
+	out = receiveChange(t, c, eds, claName, []string{"c"}, "grown by an existing name")
 	eds.ack(out)
 	eds.none()
 
@@ -233,11 +180,7 @@ func TestSotwGrowingSubscription(t *testing.T) {
 	// The next change to a name still subscribed comes whole (the client's
 	// version is of the larger set), then partial again.
 	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.12", "b": "10.0.0.2", "c": "10.0.0.3", "d": "10.0.0.4"}))
-	out = eds.receive()
-	if diff := cmp.Diff([]string{"a", "b"}, names(out, claName)); diff != "" {
-		t.Errorf("first change after shrinking (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, eds, out)
+	out = receiveChange(t, c, eds, claName, []string{"a", "b"}, "first change after shrinking")
 	eds.ack(out)
 	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.13", "b": "10.0.0.2", "c": "10.0.0.3", "d": "10.0.0.4"}))
 	if diff := cmp.Diff([]string{"a"}, names(eds.receive(), claName)); diff != "" {
@@ -257,11 +200,7 @@ func TestSotwChangeBeforeACKSendsOnlyIt(t *testing.T) {
 	first := eds.receive()
 	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.20", "c": "10.0.0.30"}))
 	eds.ack(first)
-	out := eds.receive()
-	if diff := cmp.Diff([]string{"c"}, names(out, claName)); diff != "" {
-		t.Errorf("change before the ACK (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, eds, out)
+	out := receiveChange(t, c, eds, claName, []string{"c"}, "change before the ACK")
 	eds.ack(out)
 	eds.none()
 }
@@ -280,11 +219,7 @@ func TestSotwSubscriptionChangeAfterNACK(t *testing.T) {
 	eds.none()
 
 	eds.request([]string{"a", "b", "c"}, "")
-	out := eds.receive()
-	if diff := cmp.Diff([]string{"a", "b", "c"}, names(out, claName)); diff != "" {
-		t.Errorf("grown after a NACK (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, eds, out)
+	receiveChange(t, c, eds, claName, []string{"a", "b", "c"}, "grown after a NACK")
 }
 
 // A client on a new stream holds what its version_info says, nothing else
@@ -310,11 +245,7 @@ func TestSotwReconnect(t *testing.T) {
 	s.request([]string{"c", "b", "a"}, "")
 	s.none()
 	mustUpdate(t, c, node.GRPC, services(map[string]string{"a": "10.0.0.1", "b": "10.0.0.20", "c": "10.0.0.30"}))
-	out := s.receive()
-	if diff := cmp.Diff([]string{"c"}, names(out, claName)); diff != "" {
-		t.Errorf("change after reconnecting up to date (-want +got):\n%s", diff)
-	}
-	checkHolds(t, c, s, out)
+	receiveChange(t, c, s, claName, []string{"c"}, "change after reconnecting up to date")
 }
 
 // State of the world cannot remove a load assignment: the response that
