@@ -5,7 +5,6 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -146,5 +145,3 @@ func (e *env) renewNow(t *testing.T, a *Agent) {
 		e.clk.SetTime(at)
 	}
 }
-
-func contains(s, sub string) bool { return strings.Contains(s, sub) }
