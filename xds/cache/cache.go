@@ -147,12 +147,10 @@ func newTypeSnapshot(sorted []*entry, gen string) *typeSnapshot {
 		sorted: sorted,
 		gen:    gen,
 	}
-	anys := make([]*anypb.Any, len(sorted))
-	for i, e := range sorted {
+	for _, e := range sorted {
 		ts.byName[e.name] = e
-		anys[i] = e.any
 	}
-	ts.all = newSelection(sorted, anys)
+	ts.all = newSelection(sorted)
 	ts.version = ts.all.version
 	return ts
 }

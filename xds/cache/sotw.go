@@ -100,9 +100,18 @@ type selection struct {
 	marker   string // the value of its ReturnedResources entry, see sotwMarker
 }
 
-func newSelection(entries []*entry, payloads []*anypb.Any) *selection {
+func newSelection(entries []*entry) *selection {
 	v := setVersion(entries)
-	return &selection{entries: entries, payloads: payloads, version: v, marker: markerPrefix + v}
+	return &selection{entries: entries, payloads: payloadsOf(entries), version: v, marker: markerPrefix + v}
+}
+
+// payloadsOf is the state-of-the-world form of entries, in their order.
+func payloadsOf(entries []*entry) []*anypb.Any {
+	payloads := make([]*anypb.Any, len(entries))
+	for i, e := range entries {
+		payloads[i] = e.any
+	}
+	return payloads
 }
 
 // memoNames is a memoised set of subscribed names with its fingerprint. A
@@ -154,11 +163,7 @@ func sotwSelect(ts *typeSnapshot, wildcard bool, names map[string]struct{}) *sel
 		}
 		sortByName(entries)
 	}
-	payloads := make([]*anypb.Any, len(entries))
-	for i, e := range entries {
-		payloads[i] = e.any
-	}
-	return newSelection(entries, payloads)
+	return newSelection(entries)
 }
 
 // choose is sotwSelect memoised per snapshot and set of names. Every Update
@@ -482,11 +487,7 @@ func changedPayloads(ts *typeSnapshot, sub cachev3.Subscription, changed map[str
 		}
 	}
 	sortByName(entries)
-	payloads := make([]*anypb.Any, len(entries))
-	for i, e := range entries {
-		payloads[i] = e.any
-	}
-	return payloads
+	return payloadsOf(entries)
 }
 
 // sentExactly reports whether ReturnedResources records that the client was
