@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -205,7 +204,7 @@ func (ca *CA) Sign(csr *x509.CertificateRequest, id Identity, ttl time.Duration)
 	if err := id.Validate(); err != nil {
 		return nil, err
 	}
-	return ca.sign(csr, ttl, func(t *x509.Certificate) { t.URIs = []*url.URL{id.URL()} })
+	return ca.sign(csr, ttl, workloadNames(id))
 }
 
 // SignServing issues the control plane's own serving certificate: id's URI
@@ -215,11 +214,7 @@ func (ca *CA) SignServing(csr *x509.CertificateRequest, id Identity, ttl time.Du
 	if err := id.Validate(); err != nil {
 		return nil, err
 	}
-	return ca.sign(csr, ttl, func(t *x509.Certificate) {
-		t.URIs = []*url.URL{id.URL()}
-		t.DNSNames = csr.DNSNames
-		t.IPAddresses = csr.IPAddresses
-	})
+	return ca.sign(csr, ttl, servingNames(id, csr))
 }
 
 func (ca *CA) sign(csr *x509.CertificateRequest, ttl time.Duration, names func(*x509.Certificate)) ([]*x509.Certificate, error) {

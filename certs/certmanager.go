@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -422,7 +421,7 @@ func (e *ExternalIssuer) Sign(csr *x509.CertificateRequest, id Identity, ttl tim
 	if err := id.Validate(); err != nil {
 		return nil, err
 	}
-	return e.sign(csr, ttl, func(t *x509.Certificate) { t.URIs = []*url.URL{id.URL()} })
+	return e.sign(csr, ttl, workloadNames(id))
 }
 
 // SignServing issues the control plane's serving certificate: id's URI plus
@@ -431,11 +430,7 @@ func (e *ExternalIssuer) SignServing(csr *x509.CertificateRequest, id Identity, 
 	if err := id.Validate(); err != nil {
 		return nil, err
 	}
-	return e.sign(csr, ttl, func(t *x509.Certificate) {
-		t.URIs = []*url.URL{id.URL()}
-		t.DNSNames = csr.DNSNames
-		t.IPAddresses = csr.IPAddresses
-	})
+	return e.sign(csr, ttl, servingNames(id, csr))
 }
 
 func (e *ExternalIssuer) sign(csr *x509.CertificateRequest, ttl time.Duration, names func(*x509.Certificate)) ([]*x509.Certificate, error) {

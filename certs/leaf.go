@@ -179,6 +179,22 @@ func bitLength(b byte) int {
 	return 0
 }
 
+// workloadNames gives a workload leaf its only name, id's URI: nothing else
+// is copied from the CSR.
+func workloadNames(id Identity) func(*x509.Certificate) {
+	return func(t *x509.Certificate) { t.URIs = []*url.URL{id.URL()} }
+}
+
+// servingNames gives a serving certificate id's URI plus the CSR's DNS
+// names and IP addresses.
+func servingNames(id Identity, csr *x509.CertificateRequest) func(*x509.Certificate) {
+	return func(t *x509.Certificate) {
+		t.URIs = []*url.URL{id.URL()}
+		t.DNSNames = csr.DNSNames
+		t.IPAddresses = csr.IPAddresses
+	}
+}
+
 // issueLeaf signs a leaf certificate for csr's public key, valid for ttl from
 // now but never past the signer's own expiry; names sets its subject
 // alternative names. A workload leaf (one URI, nothing else) from an ECDSA
