@@ -504,7 +504,9 @@ func newEntry(t typ, m marshalled) *entry {
 func diff(t typ, prev *typeSnapshot, in []marshalled, stats *Stats, gen func() string) (*typeSnapshot, map[string]struct{}) {
 	changed := map[string]struct{}{}
 	sorted := make([]*entry, 0, len(in))
+	present := make(map[string]struct{}, len(in))
 	for _, m := range in {
+		present[m.name] = struct{}{}
 		if e := prev.byName[m.name]; e != nil && e.version == m.version {
 			sorted = append(sorted, e)
 			continue
@@ -512,10 +514,6 @@ func diff(t typ, prev *typeSnapshot, in []marshalled, stats *Stats, gen func() s
 		sorted = append(sorted, newEntry(t, m))
 		changed[m.name] = struct{}{}
 		stats.Changed++
-	}
-	present := make(map[string]struct{}, len(in))
-	for _, m := range in {
-		present[m.name] = struct{}{}
 	}
 	for name := range prev.byName {
 		if _, ok := present[name]; !ok {
