@@ -398,8 +398,15 @@ func (c *Cache) Patch(kind node.Kind, upsert *translate.Resources, remove Names)
 		routeType:    remove.Routes,
 	}
 	for t := range numTypes {
+		if len(removals[t]) == 0 {
+			continue
+		}
+		upserted := make(map[string]struct{}, len(in[t]))
+		for _, m := range in[t] {
+			upserted[m.name] = struct{}{}
+		}
 		for _, name := range removals[t] {
-			if slices.ContainsFunc(in[t], func(m marshalled) bool { return m.name == name }) {
+			if _, ok := upserted[name]; ok {
 				return Stats{}, fmt.Errorf("xds cache patch for %s proxies: %s %q: both upserted and removed", kind, typeNames[t], name)
 			}
 		}
