@@ -100,8 +100,8 @@ func (s *Store) Defer(delay time.Duration, onError func(error)) {
 	s.delay, s.onError = delay, onError
 }
 
-// Flush writes every deferred save now.
-func (s *Store) Flush() error {
+// flush writes every deferred save now.
+func (s *Store) flush() error {
 	s.mu.Lock()
 	pending := s.pending
 	s.pending = nil
@@ -143,7 +143,7 @@ func (s *Store) write(values map[string]any) error {
 
 // Close writes what is pending, then releases the database and its lock.
 func (s *Store) Close() error {
-	ferr := s.Flush()
+	ferr := s.flush()
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
@@ -221,13 +221,13 @@ func (s *Store) flushLater() {
 	if closed {
 		return
 	}
-	if err := s.Flush(); err != nil && onError != nil {
+	if err := s.flush(); err != nil && onError != nil {
 		onError(err)
 	}
 }
 
 func (s *Store) get(key []byte, into any) (bool, error) {
-	if err := s.Flush(); err != nil {
+	if err := s.flush(); err != nil {
 		return false, err
 	}
 	var data []byte
