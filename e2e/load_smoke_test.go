@@ -31,9 +31,10 @@ func TestLoadSmoke(t *testing.T) {
 	}
 	spec := specs[0]
 	env := loadharness.Env{
-		WorkDir:   t.TempDir(),
-		CPCommand: []string{bin("fjord-cp")},
-		Log:       slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		WorkDir:           t.TempDir(),
+		CPCommand:         []string{bin("fjord-cp")},
+		SecureAddressFlag: "--secure-address",
+		Log:               slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

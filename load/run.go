@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -105,6 +104,11 @@ type Env struct {
 	// serve /debug/pprof on (fjord-load controlplane --pprof-address).
 	// Otherwise pprof is used if the monitoring address serves it.
 	PprofFlag string
+	// SecureAddressFlag, if set, is a flag of CPCommand that takes the
+	// certificate API's listen address (fjord-cp --secure-address). Its
+	// default is a fixed port, so every run is given a free one instead and
+	// runs never collide.
+	SecureAddressFlag string
 	// KubeAssets, if set, runs every run in Kubernetes mode: a real
 	// kube-apiserver and etcd from this directory (bin/k8s) with the CRDs
 	// of KubeCRDs, the mesh written through the API, and the control plane
@@ -224,14 +228,12 @@ func (r *runner) setUp(ctx context.Context) error {
 		if cs.MonitoringAddress, err = FreeAddress(); err != nil {
 			return err
 		}
-		// A control plane with identity serves its certificate API on a
-		// fixed default port; give it a free one, so runs never collide.
-		if helpMentions(cs.Command, "-secure-address") {
+		if r.env.SecureAddressFlag != "" {
 			addr, err := FreeAddress()
 			if err != nil {
 				return err
 			}
-			cs.Args = append([]string{"--secure-address", addr}, cs.Args...)
+			cs.Args = append([]string{r.env.SecureAddressFlag, addr}, cs.Args...)
 		}
 		if r.env.PprofFlag != "" {
 			addr, err := FreeAddress()
@@ -261,12 +263,6 @@ func (r *runner) setUp(ctx context.Context) error {
 	r.res.PolicyProblems = r.policyProblems(ctx)
 	r.fleet = NewFleet(r.cp.XDSAddress(), PlanProxies(r.spec.Fleet, r.mesh), seconds(r.spec.ReconnectMaxSeconds))
 	return nil
-}
-
-// helpMentions reports whether the command's --help output contains s.
-func helpMentions(command []string, s string) bool {
-	out, _ := exec.Command(command[0], append(command[1:len(command):len(command)], "--help")...).CombinedOutput()
-	return strings.Contains(string(out), s)
 }
 
 // waitQuiet waits until no build has happened for two seconds.

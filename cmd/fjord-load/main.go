@@ -215,6 +215,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				bin = filepath.Join(filepath.Dir(self), "fjord-cp")
 			}
 			env.CPCommand = []string{bin}
+			env.SecureAddressFlag = "--secure-address"
 		case "embedded":
 			env.CPCommand = []string{self, "controlplane"}
 			env.PprofFlag = "--pprof-address"
