@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -243,7 +242,7 @@ func (a *Agent) check(key certs.Key, resp *api.SignResponse) (*Credentials, erro
 		return nil, fmt.Errorf("issued trust bundle: %w", err)
 	}
 	leaf := chain[0]
-	if pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
+	if !key.Matches(leaf) {
 		return nil, errors.New("issued certificate is not for this agent's key")
 	}
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != a.cfg.Identity.String() {

@@ -469,7 +469,7 @@ func parseExternal(tlsCrt, tlsKey, caCrt []byte, now time.Time) (*externalSigner
 	if !cert.IsCA || !cert.BasicConstraintsValid || cert.KeyUsage&x509.KeyUsageCertSign == 0 {
 		return nil, fmt.Errorf("tls.crt: %s is not a CA certificate with certSign usage", describe(cert))
 	}
-	if !key.matches(cert) {
+	if !key.Matches(cert) {
 		return nil, fmt.Errorf("tls.key does not belong to %s", describe(cert))
 	}
 	// A root that issued the intermediate directly may be repeated at the

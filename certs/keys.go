@@ -56,6 +56,13 @@ func (k Key) Signer() crypto.Signer { return k.signer }
 // Public is the public half.
 func (k Key) Public() crypto.PublicKey { return k.signer.Public() }
 
+// Matches reports whether cert carries k's public key: whether cert was
+// issued for this key.
+func (k Key) Matches(cert *x509.Certificate) bool {
+	pub, ok := k.Public().(interface{ Equal(crypto.PublicKey) bool })
+	return ok && pub.Equal(cert.PublicKey)
+}
+
 // PEM is the key as a PKCS #8 "PRIVATE KEY" block: the only way to get the
 // key's bytes.
 func (k Key) PEM() ([]byte, error) {

@@ -2,7 +2,6 @@ package certs
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -190,16 +189,10 @@ func parseKeyFor(m map[string][]byte, key string, cert *x509.Certificate) (Key, 
 	if err != nil {
 		return Key{}, fmt.Errorf("stored CA %s: %w", key, err)
 	}
-	if !k.matches(cert) {
+	if !k.Matches(cert) {
 		return Key{}, fmt.Errorf("stored CA %s does not belong to its certificate", key)
 	}
 	return *k, nil
-}
-
-// matches reports whether cert carries k's public key.
-func (k Key) matches(cert *x509.Certificate) bool {
-	pub, ok := k.Public().(interface{ Equal(crypto.PublicKey) bool })
-	return ok && pub.Equal(cert.PublicKey)
 }
 
 // certPEM encodes one certificate.
