@@ -70,10 +70,9 @@ type Agent struct {
 	cfg Config
 	log *slog.Logger
 
-	mu      sync.Mutex // guards cur, changed, trust
+	mu      sync.Mutex // guards cur, changed
 	cur     *Credentials
 	changed chan struct{}
-	trust   []*x509.Certificate
 }
 
 // New checks cfg. Call Run to obtain and renew credentials.
@@ -102,7 +101,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Agent{cfg: cfg, log: cfg.Log, changed: make(chan struct{}), trust: slices.Clone(cfg.Bundle)}, nil
+	cfg.Bundle = slices.Clone(cfg.Bundle)
+	return &Agent{cfg: cfg, log: cfg.Log, changed: make(chan struct{})}, nil
 }
 
 // Current returns the credentials, nil before the first issuance.
@@ -197,9 +197,11 @@ func (a *Agent) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.mu.Lock()
-	trust := a.trust
-	a.mu.Unlock()
+	// The roots of the latest response, else the configured ones.
+	trust := a.cfg.Bundle
+	if c := a.Current(); c != nil {
+		trust = c.Bundle
+	}
 	conn, err := api.DialCertificates(a.cfg.Address, trust, a.cfg.Token)
 	if err != nil {
 		return err
@@ -220,7 +222,7 @@ func (a *Agent) renew(ctx context.Context) error {
 		return err
 	}
 	a.mu.Lock()
-	a.cur, a.trust = creds, creds.Bundle
+	a.cur = creds
 	close(a.changed)
 	a.changed = make(chan struct{})
 	a.mu.Unlock()
