@@ -94,9 +94,15 @@ func httpConnectionManager(statPrefix, routeName string) *hcmv3.HttpConnectionMa
 			ConfigSource:    adsSource(),
 			RouteConfigName: routeName,
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{faultFilter(), {
-			Name:       wellknown.Router,
-			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{})},
-		}},
+		HttpFilters: []*hcmv3.HttpFilter{faultFilter(), routerFilter()},
+	}
+}
+
+// routerFilter is the router, the last HTTP filter of every connection
+// manager (gRPC requires it there too).
+func routerFilter() *hcmv3.HttpFilter {
+	return &hcmv3.HttpFilter{
+		Name:       wellknown.Router,
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{})},
 	}
 }

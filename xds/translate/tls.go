@@ -6,7 +6,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -202,14 +201,20 @@ func grpcProvider() *tlsv3.CertificateProviderPluginInstance {
 // it compares with every SAN of the peer's leaf, URIs included.
 func grpcUpstreamTLS(ids []string, trustDomain string) *corev3.TransportSocket {
 	return tlsTransportSocket(&tlsv3.UpstreamTlsContext{
-		CommonTlsContext: &tlsv3.CommonTlsContext{
-			TlsCertificateProviderInstance: grpcProvider(),
-			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-				CaCertificateProviderInstance: grpcProvider(),
-				MatchSubjectAltNames:          sanMatchers(ids, trustDomain),
-			}},
-		},
+		CommonTlsContext: grpcProviderContext(sanMatchers(ids, trustDomain)),
 	})
+}
+
+// grpcProviderContext takes the workload's certificate and the roots from
+// the bootstrap's certificate provider; sans, if any, restrict the peer.
+func grpcProviderContext(sans []*matcherv3.StringMatcher) *tlsv3.CommonTlsContext {
+	return &tlsv3.CommonTlsContext{
+		TlsCertificateProviderInstance: grpcProvider(),
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			CaCertificateProviderInstance: grpcProvider(),
+			MatchSubjectAltNames:          sans,
+		}},
+	}
 }
 
 // grpcDownstreamTLS is an xDS-enabled gRPC server's side: its certificate,
@@ -219,12 +224,7 @@ func grpcUpstreamTLS(ids []string, trustDomain string) *corev3.TransportSocket {
 func grpcDownstreamTLS() *corev3.TransportSocket {
 	return tlsTransportSocket(&tlsv3.DownstreamTlsContext{
 		RequireClientCertificate: wrapperspb.Bool(true),
-		CommonTlsContext: &tlsv3.CommonTlsContext{
-			TlsCertificateProviderInstance: grpcProvider(),
-			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-				CaCertificateProviderInstance: grpcProvider(),
-			}},
-		},
+		CommonTlsContext:         grpcProviderContext(nil),
 	})
 }
 
@@ -325,10 +325,7 @@ func grpcServerFilterChain(mtls bool) *listenerv3.FilterChain {
 				}},
 			}},
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{{
-			Name:       wellknown.Router,
-			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{})},
-		}},
+		HttpFilters: []*hcmv3.HttpFilter{routerFilter()},
 	}
 	chain := &listenerv3.FilterChain{
 		Name: grpcServerChainName,
