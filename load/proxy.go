@@ -378,9 +378,7 @@ func (p *proxy) sotwRequest(t typ) *discoveryv3.DiscoveryRequest {
 		VersionInfo:   ts.version,
 		ResponseNonce: ts.nonce,
 		ResourceNames: ts.sortedNames(),
-	}
-	if !p.nodeSent || p.spec.Pattern == EnvoyLike {
-		req.Node, p.nodeSent = p.node, true
+		Node:          p.nextNode(),
 	}
 	return req
 }
@@ -388,10 +386,19 @@ func (p *proxy) sotwRequest(t typ) *discoveryv3.DiscoveryRequest {
 // withNode adds the node to a delta request if the proxy sends it. p.mu
 // must be held.
 func (p *proxy) withNode(r *discoveryv3.DeltaDiscoveryRequest) *discoveryv3.DeltaDiscoveryRequest {
-	if !p.nodeSent || p.spec.Pattern == EnvoyLike {
-		r.Node, p.nodeSent = p.node, true
-	}
+	r.Node = p.nextNode()
 	return r
+}
+
+// nextNode is the node the next request carries: always for Envoy-like
+// proxies, on the first request of a stream for gRPC-like ones, else nil.
+// p.mu must be held.
+func (p *proxy) nextNode() *corev3.Node {
+	if p.nodeSent && p.spec.Pattern != EnvoyLike {
+		return nil
+	}
+	p.nodeSent = true
+	return p.node
 }
 
 // applySotw applies a state-of-the-world response and returns the ACK (or
