@@ -19,6 +19,9 @@ type Issuer interface {
 	// Bundle is the set of roots a peer must trust right now; it changes
 	// during rotations.
 	Bundle() []*x509.Certificate
+	// BundlePEM is Bundle as PEM, encoded once per change of the bundle
+	// rather than once per leaf.
+	BundlePEM() []byte
 }
 
 // ServingIssuer is an Issuer that also issues the control plane's own

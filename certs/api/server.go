@@ -146,7 +146,7 @@ func (s *Server) Sign(ctx context.Context, req *SignRequest) (*SignResponse, err
 		"serial", chain[0].SerialNumber.Text(16), "not_after", chain[0].NotAfter)
 	return &SignResponse{
 		CertChainPem:   string(certs.EncodeCerts(chain)),
-		TrustBundlePem: string(certs.EncodeCerts(s.opts.Issuer.Bundle())),
+		TrustBundlePem: string(s.opts.Issuer.BundlePEM()),
 	}, nil
 }
 
