@@ -43,9 +43,10 @@ type Config struct {
 	SourceOfTruth bool
 	// DataDir holds fjord.db. Required unless SourceOfTruth.
 	DataDir string
-	// Status, if set, receives the statuses of every build the cache
-	// accepted (Kubernetes mode: the status writer, which writes them to
-	// the API server on the leader). It must not block.
+	// Status, if set, receives the statuses of the builds the cache
+	// accepted, whenever they may have changed (Kubernetes mode: the
+	// status writer, which writes them to the API server on the leader).
+	// It must not block.
 	Status interface {
 		Update([]policy.Status, []policy.RouteStatus)
 	}
@@ -97,6 +98,9 @@ type ControlPlane struct {
 	// publishes from one goroutine, and the startup build runs before it).
 	builder *builder
 	logged  map[string]string // status key -> last logged status
+	// statusesHanded says Config.Status has had the statuses of the last
+	// full build.
+	statusesHanded bool
 
 	mu       sync.Mutex // guards snapshot and mesh, read by the debug handlers
 	snapshot *model.Snapshot
@@ -366,8 +370,13 @@ func (cp *ControlPlane) build(snap *model.Snapshot, persist bool) {
 	if !persist {
 		return
 	}
-	if cp.cfg.Status != nil {
+	// An endpoint build keeps the statuses of the build before it (they
+	// depend on Services, Policies and Routes alone): once those are handed
+	// on, handing them on again would only make the writer go over every
+	// policy and route once more.
+	if cp.cfg.Status != nil && !(res.fast && cp.statusesHanded) {
 		cp.cfg.Status.Update(mesh.Statuses, mesh.RouteStatuses)
+		cp.statusesHanded = true
 	}
 	if cp.cfg.SourceOfTruth {
 		return

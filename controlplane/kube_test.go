@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -100,6 +101,46 @@ func TestRouteStatusLoggedOnce(t *testing.T) {
 	})
 	if n := strings.Count(r.logs.String(), "route not accepted"); n != 1 {
 		t.Errorf("route condition logged %d times over two identical builds, want once per condition:\n%s", n, r.logs.String())
+	}
+}
+
+// An endpoint build leaves the statuses as they were, so they are not
+// handed on again; the next full build hands on its own.
+func TestEndpointBuildKeepsStatuses(t *testing.T) {
+	src := make(chanSource)
+	rec := &statusRecorder{}
+	r := start(t, Config{Source: src, SourceOfTruth: true, Status: rec})
+	snap := func(gen int64, eps ...model.EndpointSlice) *model.Snapshot {
+		return &model.Snapshot{
+			Services:       []model.Service{{Key: echo, Ports: []model.ServicePort{{Name: "grpc", Port: 50051}}}},
+			EndpointSlices: eps,
+			Policies: []model.Policy{{Key: model.Key{Namespace: "demo", Name: "lost"}, Generation: gen,
+				Spec: fjordv1a1.ResiliencePolicySpec{TargetRefs: []fjordv1a1.TargetRef{{Kind: "Service", Name: "nope"}}}}},
+		}
+	}
+	builds := func(want int) {
+		t.Helper()
+		eventually(t, fmt.Sprintf("build %d", want), func() (bool, string) {
+			return strings.Count(r.logs.String(), "config built") >= want, "not built"
+		})
+	}
+	src <- snap(3)
+	builds(1)
+	slice := model.EndpointSlice{Key: model.Key{Namespace: "demo", Name: "echo-abcde"}, Service: "echo",
+		Ports: []model.EndpointPort{{Name: "grpc", Port: 50051}}, Endpoints: []model.Endpoint{{Address: "127.0.0.10", Ready: true}}}
+	src <- snap(3, slice)
+	builds(2)
+	if !strings.Contains(r.logs.String(), "endpointsOnly=true") {
+		t.Fatalf("the second build was not an endpoint build:\n%s", r.logs.String())
+	}
+	// Each send returns once the build before it is done, Update included.
+	src <- snap(4, slice)
+	eventually(t, "the statuses of the policy change", func() (bool, string) {
+		st, _ := rec.last()
+		return len(st) == 1 && st[0].Generation == 4, "not handed on"
+	})
+	if _, n := rec.last(); n != 2 {
+		t.Errorf("%d status updates over a full, an endpoint and a full build, want 2", n)
 	}
 }
 
