@@ -663,17 +663,8 @@ func (f *fileScan) assemble(paths []string) *model.Snapshot {
 	f.dups = dups
 	// Sorting the whole snapshot would sort the shared inner slices in
 	// place, which readers of published snapshots may be reading.
-	byKey := func(a, b model.Key) int {
-		switch {
-		case a.Less(b):
-			return -1
-		case b.Less(a):
-			return 1
-		}
-		return 0
-	}
-	slices.SortFunc(snap.Services, func(a, b model.Service) int { return byKey(a.Key, b.Key) })
-	slices.SortFunc(snap.EndpointSlices, func(a, b model.EndpointSlice) int { return byKey(a.Key, b.Key) })
+	slices.SortFunc(snap.Services, func(a, b model.Service) int { return a.Key.Compare(b.Key) })
+	slices.SortFunc(snap.EndpointSlices, func(a, b model.EndpointSlice) int { return a.Key.Compare(b.Key) })
 	(&model.Snapshot{Policies: snap.Policies, Routes: snap.Routes}).Sort()
 	return snap
 }

@@ -7,7 +7,9 @@
 package model
 
 import (
+	"cmp"
 	"sort"
+	"strings"
 	"time"
 
 	fjordv1a1 "github.com/fjordmesh/fjord/policy/api/v1alpha1"
@@ -28,6 +30,11 @@ func (k Key) Less(o Key) bool {
 		return k.Namespace < o.Namespace
 	}
 	return k.Name < o.Name
+}
+
+// Compare is Less as slices.SortFunc wants it: -1, 0 or +1.
+func (k Key) Compare(o Key) int {
+	return cmp.Or(strings.Compare(k.Namespace, o.Namespace), strings.Compare(k.Name, o.Name))
 }
 
 // Snapshot is one consistent view of the mesh's inputs. Every slice is sorted
