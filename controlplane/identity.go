@@ -87,7 +87,6 @@ type issuer interface {
 // identity is the running CA and the servers that hand out and check
 // identities.
 type identity struct {
-	cfg       IdentityConfig
 	log       *slog.Logger
 	issuer    issuer
 	serving   *certs.Serving
@@ -127,7 +126,7 @@ func (cp *ControlPlane) newIdentity() (_ *identity, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("control plane identity: %w", err)
 	}
-	id := &identity{cfg: cfg, log: cp.log.With("component", "identity")}
+	id := &identity{log: cp.log.With("component", "identity")}
 	defer func() {
 		if err != nil {
 			id.closeListeners()
@@ -179,7 +178,7 @@ func (cp *ControlPlane) newIdentity() (_ *identity, err error) {
 	certSrv.Register(id.secure)
 	cp.xds.RegisterAuthenticated(id.secure, cfg.TrustDomain)
 
-	if cp.cfg.DataDir != "" && cp.store != nil {
+	if cp.store != nil {
 		// The admin socket mints tokens and rotates the CA: only this
 		// user and root may connect.
 		path := filepath.Join(cp.cfg.DataDir, api.AdminSocket)
@@ -273,14 +272,6 @@ func (cp *ControlPlane) SecureAddr() net.Addr {
 		return nil
 	}
 	return cp.identity.secureLis.Addr()
-}
-
-// CABundle is the CA's current trust bundle, nil if identity is off.
-func (cp *ControlPlane) CABundle() []byte {
-	if cp.identity == nil {
-		return nil
-	}
-	return cp.identity.issuer.BundlePEM()
 }
 
 // TrustBundle follows the CA's trust bundle (for the fjord-root-ca

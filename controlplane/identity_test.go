@@ -128,7 +128,7 @@ func TestIdentity(t *testing.T) {
 	cfg := Config{ConfigDir: copyExamples(t), DataDir: data, Identity: IdentityConfig{SecureAddress: "127.0.0.1:0"}}
 	r := start(t, cfg)
 	r.waitReady(t)
-	root := r.cp.CABundle()
+	root := r.cp.TrustBundle().BundlePEM()
 	if len(root) == 0 {
 		t.Fatal("no CA bundle")
 	}
@@ -163,7 +163,7 @@ func TestIdentity(t *testing.T) {
 	}
 	again := start(t, cfg)
 	again.waitReady(t)
-	if d := cmp.Diff(string(root), string(again.cp.CABundle())); d != "" {
+	if d := cmp.Diff(string(root), string(again.cp.TrustBundle().BundlePEM())); d != "" {
 		t.Errorf("the restarted control plane has another CA (-before +after):\n%s", d)
 	}
 	// A certificate from before the restart still authenticates.
