@@ -119,11 +119,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 // --data-dir (standalone), or Kubernetes mode, whose flags mean nothing to
 // standalone mode. It returns 0 or the exit code.
 func checkMode(fs *flag.FlagSet, cfg controlplane.Config, stderr io.Writer) int {
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if cfg.ConfigDir != "" {
 		for _, name := range []string{"kubeconfig", "namespace-selector", "leader-elect", "ca-issuer", "ca-issuer-ref", "token-audience"} {
-			if set[name] {
+			if set(fs, name) {
 				fmt.Fprintf(stderr, "fjord-cp: --%s is for Kubernetes mode; it cannot be used with --config-dir\n", name)
 				return 2
 			}
