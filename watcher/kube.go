@@ -72,10 +72,10 @@ type KubeOptions struct {
 // ResiliencePolicies and, when Gateway API is installed, HTTPRoutes and
 // GRPCRoutes; every event triggers the coalescer (EndpointSlice and Pod
 // events with its short endpoint hold-off, as they change nothing but
-// endpoints), and every build lists the caches into a fresh model snapshot. Nothing is published before all
-// caches have synced, so the proxies never see the partial view of a
-// control plane that is still starting, and a build that changes nothing
-// publishes nothing.
+// endpoints), and every build lists the caches into a fresh model
+// snapshot. Nothing is published before all caches have synced, so the
+// proxies never see the partial view of a control plane that is still
+// starting, and a build that changes nothing publishes nothing.
 //
 // Pods are read only to name the workload and service account behind each
 // endpoint; the cache keeps a reduced copy of each pod (owner, labels,
