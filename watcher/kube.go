@@ -102,12 +102,9 @@ func NewKubeSource(cfg *rest.Config, o KubeOptions) (*KubeSource, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	if o.NamespaceSelector == "" {
-		o.NamespaceSelector = DefaultNamespaceSelector
-	}
-	sel, err := labels.Parse(o.NamespaceSelector)
+	sel, err := namespaceSelector(o.NamespaceSelector)
 	if err != nil {
-		return nil, fmt.Errorf("namespace selector %q: %w", o.NamespaceSelector, err)
+		return nil, err
 	}
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
@@ -141,6 +138,19 @@ func NewKubeSource(cfg *rest.Config, o KubeOptions) (*KubeSource, error) {
 		coalesce: CoalesceOptions{HoldOff: o.HoldOff, EndpointHoldOff: o.EndpointHoldOff, MaxDelay: o.MaxDelay},
 		log:      log,
 	}, nil
+}
+
+// namespaceSelector parses a --namespace-selector; empty means
+// DefaultNamespaceSelector.
+func namespaceSelector(s string) (labels.Selector, error) {
+	if s == "" {
+		s = DefaultNamespaceSelector
+	}
+	sel, err := labels.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("namespace selector %q: %w", s, err)
+	}
+	return sel, nil
 }
 
 // Client reads from the source's caches and writes to the API server.

@@ -63,12 +63,9 @@ type RootCAPublisher struct {
 
 // NewRootCAPublisher publishes bundle with the API server of cfg.
 func NewRootCAPublisher(cfg *rest.Config, bundle Bundle, o RootCAOptions) (*RootCAPublisher, error) {
-	if o.NamespaceSelector == "" {
-		o.NamespaceSelector = DefaultNamespaceSelector
-	}
-	sel, err := labels.Parse(o.NamespaceSelector)
+	sel, err := namespaceSelector(o.NamespaceSelector)
 	if err != nil {
-		return nil, fmt.Errorf("namespace selector %q: %w", o.NamespaceSelector, err)
+		return nil, err
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
