@@ -123,28 +123,37 @@ func (b *builder) fastBuild(snap *model.Snapshot) (buildResult, error) {
 
 // changedServices are the Services whose endpoints can differ between two
 // lists of EndpointSlices: the owners, before and after, of every slice
-// added, removed or changed.
+// added, removed or changed. The lists are walked side by side in the Key
+// order snapshots keep them in, with no index of them built on each push;
+// were they out of order, a slice would only count as removed and added,
+// naming more Services than needed, never fewer.
 func changedServices(prev, next []model.EndpointSlice) map[model.Key]bool {
-	before := make(map[model.Key]*model.EndpointSlice, len(prev))
-	for i := range prev {
-		before[prev[i].Key] = &prev[i]
-	}
 	out := map[model.Key]bool{}
 	owner := func(s *model.EndpointSlice) model.Key { return model.Key{Namespace: s.Namespace, Name: s.Service} }
-	for i := range next {
-		s := &next[i]
-		old, ok := before[s.Key]
-		delete(before, s.Key)
-		if ok && sameSlice(old, s) {
-			continue
+	for i, j := 0, 0; i < len(prev) || j < len(next); {
+		c := 0
+		switch {
+		case j == len(next):
+			c = -1
+		case i == len(prev):
+			c = 1
+		default:
+			c = prev[i].Key.Compare(next[j].Key)
 		}
-		out[owner(s)] = true
-		if ok {
-			out[owner(old)] = true
+		switch {
+		case c < 0: // removed
+			out[owner(&prev[i])] = true
+			i++
+		case c > 0: // added
+			out[owner(&next[j])] = true
+			j++
+		default:
+			if !sameSlice(&prev[i], &next[j]) {
+				out[owner(&prev[i])], out[owner(&next[j])] = true, true
+			}
+			i++
+			j++
 		}
-	}
-	for _, old := range before {
-		out[owner(old)] = true
 	}
 	return out
 }
