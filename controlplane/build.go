@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"slices"
 
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+
 	"github.com/fjordmesh/fjord/policy"
 	"github.com/fjordmesh/fjord/watcher/model"
 	"github.com/fjordmesh/fjord/xds/cache"
@@ -99,13 +101,18 @@ func (b *builder) fastBuild(snap *model.Snapshot) (buildResult, error) {
 	}
 	upsertServers, removeServers := b.serverChanges(ports)
 
+	// A load assignment is the same for every kind: built once, shared (the
+	// cache only reads what it is given).
+	var endpoints []*endpointv3.ClusterLoadAssignment
+	for _, p := range ports {
+		endpoints = append(endpoints, translate.PortLoadAssignment(p.svc, p.next))
+	}
 	var stats cache.Stats
 	for _, kind := range node.Kinds {
-		up := &translate.Resources{}
+		up := &translate.Resources{Endpoints: endpoints}
 		var remove cache.Names
 		for _, p := range ports {
 			up.Clusters = append(up.Clusters, translate.PortCluster(kind, p.svc, p.next, b.opts))
-			up.Endpoints = append(up.Endpoints, translate.PortLoadAssignment(p.svc, p.next))
 		}
 		if translate.HasServerListeners(kind) {
 			up.Listeners = translate.ServerListeners(upsertServers, b.opts)
