@@ -43,6 +43,13 @@ var kindAPIVersion = map[string]string{
 // identity at all.
 const AnnotationServiceAccounts = "fjord.dev/service-accounts"
 
+// AnnotationExportTo on a Service lists, comma-separated, the namespaces
+// whose proxies may see it, as Istio's networking.istio.io/exportTo does:
+// "*" (every namespace), "." (the Service's own) or namespace names. Without
+// it the control plane's --default-export-to applies. A proxy is sent only
+// the Services its namespace may see, with their policies and routes.
+const AnnotationExportTo = "fjord.dev/export-to"
+
 // DefaultNamespace is the namespace of an object whose metadata names none,
 // as kubectl apply would place it.
 const DefaultNamespace = "default"
@@ -175,7 +182,11 @@ func (o *Objects) add(js []byte, ref ObjectRef, firstSeen time.Time) error {
 		if err := validateService(&s); err != nil {
 			return err
 		}
-		o.Services = append(o.Services, ServiceFromK8s(&s))
+		m, err := ServiceFromK8s(&s)
+		if err != nil {
+			return err
+		}
+		o.Services = append(o.Services, m)
 	case KindEndpointSlice:
 		var s discoveryv1.EndpointSlice
 		if err := strict(js, &s); err != nil {
@@ -260,9 +271,23 @@ func validateService(s *corev1.Service) error {
 // ServiceFromK8s reduces a Service to the ports the mesh routes. Only TCP
 // ports are kept (an empty protocol means TCP): the proxies carry HTTP and
 // gRPC, never UDP or SCTP. The service accounts of its
-// AnnotationServiceAccounts are kept sorted and without duplicates.
-func ServiceFromK8s(s *corev1.Service) model.Service {
+// AnnotationServiceAccounts are kept sorted and without duplicates; its
+// AnnotationExportTo is read into model.Service.ExportTo. An export-to list
+// that does not parse is an error naming the annotation; the Service is
+// returned anyway, with ExportTo nil, for the caller to decide what it
+// serves instead (the file source rejects the file, the Kubernetes source
+// keeps the last accepted list).
+func ServiceFromK8s(s *corev1.Service) (model.Service, error) {
 	out := model.Service{Key: model.Key{Namespace: s.Namespace, Name: s.Name}, Ports: []model.ServicePort{}}
+	var err error
+	if v, ok := s.Annotations[AnnotationExportTo]; ok {
+		var entries []string
+		if entries, err = model.ParseExportTo(v); err != nil {
+			err = fmt.Errorf("metadata.annotations[%q]: %w", AnnotationExportTo, err)
+		} else {
+			out.ExportTo = model.NormaliseExportTo(entries, s.Namespace)
+		}
+	}
 	for _, sa := range strings.Split(s.Annotations[AnnotationServiceAccounts], ",") {
 		if sa = strings.TrimSpace(sa); sa != "" && !slices.Contains(out.ServiceAccounts, sa) {
 			out.ServiceAccounts = append(out.ServiceAccounts, sa)
@@ -279,7 +304,7 @@ func ServiceFromK8s(s *corev1.Service) model.Service {
 		}
 		out.Ports = append(out.Ports, sp)
 	}
-	return out
+	return out, err
 }
 
 // EndpointSliceFromK8s reduces an EndpointSlice to its addresses, ports and

@@ -239,6 +239,18 @@ func TestDecodeErrors(t *testing.T) {
 			in:   svc + "spec: {}\n---\n" + svc + "spec: {}\n",
 			want: []string{"conf/a.yaml", "Service demo/echo defined twice, in documents 1 and 2"},
 		},
+		"export-to with a bad namespace name": {
+			in:   "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: demo, annotations: {fjord.dev/export-to: \"., Team_A\"}}\nspec: {}\n",
+			want: []string{"conf/a.yaml: document 1 (Service demo/echo)", `metadata.annotations["fjord.dev/export-to"]`, `"Team_A"`},
+		},
+		"export-to empty": {
+			in:   "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: demo, annotations: {fjord.dev/export-to: \" \"}}\nspec: {}\n",
+			want: []string{"(Service demo/echo)", `metadata.annotations["fjord.dev/export-to"]: no entry`},
+		},
+		"export-to with an empty entry": {
+			in:   "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: demo, annotations: {fjord.dev/export-to: \"a,,b\"}}\nspec: {}\n",
+			want: []string{"(Service demo/echo)", `metadata.annotations["fjord.dev/export-to"]: entry 2 is empty`},
+		},
 		"every error of a file is reported": {
 			in:   policy + "spec: {x: 1}\n---\n" + svc + "spec: {z: 1}\n",
 			want: []string{`document 1 (ResiliencePolicy demo/p): unknown field "spec.x"`, `document 2 (Service demo/echo): unknown field "spec.z"`},
@@ -257,6 +269,31 @@ func TestDecodeErrors(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not contain %q", err, w)
 				}
+			}
+		})
+	}
+}
+
+func TestDecodeExportTo(t *testing.T) {
+	tests := map[string]struct {
+		annotations string
+		want        []string
+	}{
+		"absent":                           {annotations: "{}", want: nil},
+		"every namespace":                  {annotations: `{fjord.dev/export-to: "*"}`, want: []string{"*"}},
+		"own namespace":                    {annotations: `{fjord.dev/export-to: "."}`, want: []string{"demo"}},
+		"own, named and duplicates":        {annotations: `{fjord.dev/export-to: "web, ., demo,api,web"}`, want: []string{"api", "demo", "web"}},
+		"every namespace absorbs the rest": {annotations: `{fjord.dev/export-to: "., web, *"}`, want: []string{"*"}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			in := "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: demo, annotations: " + tc.annotations + "}\nspec: {ports: [{port: 80}]}\n"
+			got, err := Decode("conf/a.yaml", []byte(in), firstSeen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got.Services[0].ExportTo); diff != "" {
+				t.Errorf("ExportTo (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -210,7 +210,8 @@ func (s *KubeSource) Run(ctx context.Context, publish func(*model.Snapshot)) err
 	if err != nil {
 		return fmt.Errorf("kubernetes source: %w", err)
 	}
-	b := &kubeBuild{src: s, ctx: ctx, publish: publish, routes: routes, reported: map[model.Key]string{}}
+	b := &kubeBuild{src: s, ctx: ctx, publish: publish, routes: routes, reported: map[model.Key]string{},
+		exportTo: map[model.Key]exportTo{}}
 	co := NewCoalescer(func(Burst) { b.build() }, s.coalesce)
 	defer co.Stop()
 	watched := required()
@@ -322,7 +323,12 @@ func relevantUpdate(oldObj, newObj any) bool {
 	case *corev1.Pod:
 		return podIdentity(o.(*corev1.Pod)) != podIdentity(n)
 	case *corev1.Service:
-		return !reflect.DeepEqual(ServiceFromK8s(o.(*corev1.Service)), ServiceFromK8s(n))
+		// A rejected export-to list converts to none: the annotation itself
+		// tells an edit from one bad value to another.
+		old := o.(*corev1.Service)
+		a, _ := ServiceFromK8s(old)
+		b, _ := ServiceFromK8s(n)
+		return !reflect.DeepEqual(a, b) || old.Annotations[AnnotationExportTo] != n.Annotations[AnnotationExportTo]
 	case *corev1.Namespace:
 		return !reflect.DeepEqual(o.GetLabels(), n.Labels)
 	}
@@ -387,6 +393,18 @@ type kubeBuild struct {
 	// reported remembers, per EndpointSlice, the resourceVersion whose
 	// conversion error was last logged, so a bad slice is logged once.
 	reported map[model.Key]string
+	// exportTo remembers, per Service, the last export-to list accepted and
+	// the resourceVersion whose rejected list was last logged.
+	exportTo map[model.Key]exportTo
+}
+
+// exportTo is what kubeBuild remembers of one Service's export-to list.
+type exportTo struct {
+	accepted []string
+	// known says accepted holds an accepted list (nil: the annotation
+	// was absent), not just nothing yet.
+	known    bool
+	reported string
 }
 
 func (b *kubeBuild) build() {
@@ -443,9 +461,17 @@ func (b *kubeBuild) snapshot() (*model.Snapshot, error) {
 	if err := c.List(ctx, &svcs, nocopy); err != nil {
 		return nil, fmt.Errorf("listing services: %w", err)
 	}
+	svcSeen := map[model.Key]bool{}
 	for i := range svcs.Items {
 		if selected[svcs.Items[i].Namespace] {
-			snap.Services = append(snap.Services, ServiceFromK8s(&svcs.Items[i]))
+			m := b.service(&svcs.Items[i])
+			snap.Services = append(snap.Services, m)
+			svcSeen[m.Key] = true
+		}
+	}
+	for k := range b.exportTo {
+		if !svcSeen[k] {
+			delete(b.exportTo, k)
 		}
 	}
 
@@ -515,6 +541,34 @@ func (b *kubeBuild) listRoutes(snap *model.Snapshot, selected map[string]bool) e
 		}
 	}
 	return nil
+}
+
+// service converts one Service. The API server has accepted it, so it is
+// served whatever its annotations say; but an export-to list that does not
+// parse must neither widen nor narrow what is served: the Service keeps the
+// last list accepted for it, or, when none has been since this source
+// started, is visible to its own namespace only (the narrowest choice, as a
+// typo in a list meant to restrict must not publish the Service to the
+// mesh). The rejection is logged once per version of the Service.
+func (b *kubeBuild) service(svc *corev1.Service) model.Service {
+	m, err := ServiceFromK8s(svc)
+	st := b.exportTo[m.Key]
+	if err == nil {
+		b.exportTo[m.Key] = exportTo{accepted: m.ExportTo, known: true}
+		return m
+	}
+	if st.known {
+		m.ExportTo = st.accepted
+	} else {
+		m.ExportTo = []string{m.Namespace}
+	}
+	if st.reported != svc.ResourceVersion {
+		st.reported = svc.ResourceVersion
+		b.src.log.Error("kubernetes source: Service export-to rejected; it keeps its last accepted visibility",
+			"service", m.Key.String(), "exportTo", m.ExportTo, "err", err)
+	}
+	b.exportTo[m.Key] = st
+	return m
 }
 
 // endpointSlice converts one slice and names the pod behind each endpoint.

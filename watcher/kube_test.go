@@ -570,3 +570,50 @@ func TestKubeSourceEndpointHoldOff(t *testing.T) {
 	mustCreate(t, c, pod(ns, "echo-0", "echo-sa", nil, owner("apps/v1", "StatefulSet", "echo")))
 	p.waitFor(t, want(model.Endpoint{Address: "10.0.0.1", Workload: "echo", ServiceAccount: "echo-sa"}), ns)
 }
+
+// TestKubeSourceExportTo reads the export-to annotation, and shows that a
+// value that does not parse changes nothing served: the Service keeps the
+// last list accepted for it, and a new Service with a bad list is visible
+// to its own namespace only.
+func TestKubeSourceExportTo(t *testing.T) {
+	cfg, c := apiServer(t)
+	const ns = "export-to"
+	createNamespace(t, c, ns, nil)
+	echo := service(ns, "echo", corev1.ServicePort{Port: 80})
+	echo.Annotations = map[string]string{AnnotationExportTo: "., web"}
+	mustCreate(t, c, echo)
+	_, p := runSource(t, cfg, KubeOptions{})
+
+	svc := func(name string, exportTo ...string) model.Service {
+		return model.Service{Key: model.Key{Namespace: ns, Name: name}, Ports: []model.ServicePort{{Port: 80}}, ExportTo: exportTo}
+	}
+	p.waitFor(t, &model.Snapshot{Services: []model.Service{svc("echo", ns, "web")}}, ns)
+
+	edit := func(name, value string) {
+		t.Helper()
+		s := &corev1.Service{}
+		if err := c.Get(t.Context(), types.NamespacedName{Namespace: ns, Name: name}, s); err != nil {
+			t.Fatal(err)
+		}
+		s.Annotations = map[string]string{AnnotationExportTo: value}
+		if err := c.Update(t.Context(), s); err != nil {
+			t.Fatalf("updating Service %s: %v", name, err)
+		}
+	}
+	edit("echo", "*")
+	p.waitFor(t, &model.Snapshot{Services: []model.Service{svc("echo", "*")}}, ns)
+
+	// A bad edit of echo, and a new Service with a bad list; a second,
+	// good Service is added last, so that its appearance proves the bad
+	// ones were read.
+	edit("echo", "web,Not_A_Namespace")
+	bad := service(ns, "bad", corev1.ServicePort{Port: 80})
+	bad.Annotations = map[string]string{AnnotationExportTo: "*,"}
+	mustCreate(t, c, bad)
+	mustCreate(t, c, service(ns, "later", corev1.ServicePort{Port: 80}))
+	p.waitFor(t, &model.Snapshot{Services: []model.Service{svc("bad", ns), svc("echo", "*"), svc("later")}}, ns)
+
+	// Fixed, it takes effect.
+	edit("echo", ".")
+	p.waitFor(t, &model.Snapshot{Services: []model.Service{svc("bad", ns), svc("echo", ns), svc("later")}}, ns)
+}

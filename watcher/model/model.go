@@ -58,6 +58,11 @@ type Service struct {
 	// the ones its endpoints' pods report, which is how a Service whose
 	// endpoints have no pods (standalone mode) gets an identity.
 	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
+	// ExportTo lists the namespaces that may see the Service (the
+	// fjord.dev/export-to annotation, in NormaliseExportTo's form: ExportAll
+	// alone, or namespace names sorted). Nil when the annotation is absent:
+	// the control plane's default applies (see policy.Options).
+	ExportTo []string `json:"exportTo,omitempty"`
 }
 
 // ServicePort is one port of a Service.
