@@ -155,8 +155,10 @@ func newTypeSnapshot(sorted []*entry, gen string) *typeSnapshot {
 	return ts
 }
 
-// kindState is what one proxy kind is served, and who is waiting for it.
+// kindState is what one view of one proxy kind is served (see SetViews),
+// and who is waiting for it.
 type kindState struct {
+	key viewKey
 	// ready turns true with the first Update for the kind. Until then watches
 	// are held: answering early would tell proxies that nothing exists.
 	ready   bool
@@ -179,7 +181,10 @@ type Cache struct {
 	gen      uint64
 
 	mu    sync.Mutex
-	kinds map[node.Kind]*kindState
+	views map[viewKey]*kindState
+	// viewOf maps the namespaces that are not in DefaultView to their view
+	// (see SetViews).
+	viewOf map[string]string
 
 	// recent turns the selection versions state-of-the-world clients are
 	// recorded as holding back into resources; it has its own lock.
@@ -189,21 +194,22 @@ type Cache struct {
 var _ cachev3.Cache = (*Cache)(nil)
 
 // New returns an empty cache. Watches are held until the first Update for
-// their proxy kind.
+// their proxy kind and view.
 func New(log *slog.Logger) *Cache {
-	return &Cache{log: log, kinds: map[node.Kind]*kindState{}}
+	return &Cache{log: log, views: map[viewKey]*kindState{}}
 }
 
-// kindLocked returns the state of a kind, creating it. c.mu must be held.
-func (c *Cache) kindLocked(k node.Kind) *kindState {
-	ks := c.kinds[k]
+// viewLocked returns the state of a kind's view, creating it. c.mu must be
+// held.
+func (c *Cache) viewLocked(k viewKey) *kindState {
+	ks := c.views[k]
 	if ks == nil {
-		ks = &kindState{}
+		ks = &kindState{key: k}
 		for t := range ks.types {
 			ks.types[t] = emptySnapshot
 			ks.watches[t] = map[*watch]struct{}{}
 		}
-		c.kinds[k] = ks
+		c.views[k] = ks
 	}
 	return ks
 }
@@ -215,29 +221,38 @@ type marshalled struct {
 	bytes   []byte
 }
 
-// Update replaces everything served to proxies of one kind. Every resource
+// Update is UpdateView of DefaultView: with no view set (see SetViews),
+// everything served to proxies of one kind.
+func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
+	return c.UpdateView(kind, DefaultView, r)
+}
+
+// UpdateView replaces everything served to proxies of one kind in one view
+// (see SetViews); a view no namespace is in yet is made ready for the
+// SetViews that moves namespaces to it. Every resource
 // is validated first; if any fails, nothing changes and the error names the
 // type and resource. Resources whose bytes are unchanged keep their version,
 // so only watches on resources that really changed (or were removed) are
 // woken, and an Update with identical content wakes nobody.
-func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
+func (c *Cache) UpdateView(kind node.Kind, view string, r *translate.Resources) (Stats, error) {
 	if _, err := node.ParseKind(string(kind)); err != nil {
 		return Stats{}, fmt.Errorf("xds cache update: %w", err)
 	}
+	key := viewKey{kind: kind, view: view}
 	if r == nil {
-		return Stats{}, fmt.Errorf("xds cache update for %s proxies: resources are nil", kind)
+		return Stats{}, fmt.Errorf("xds cache update for %s: resources are nil", key)
 	}
 	start := time.Now()
 	in, err := prepareAll(r)
 	if err != nil {
-		return Stats{}, fmt.Errorf("xds cache update for %s proxies: %w", kind, err)
+		return Stats{}, fmt.Errorf("xds cache update for %s: %w", key, err)
 	}
 
 	c.updateMu.Lock()
 	defer c.updateMu.Unlock()
 
 	c.mu.Lock()
-	ks := c.kindLocked(kind)
+	ks := c.viewLocked(key)
 	prev := ks.types
 	c.mu.Unlock()
 
@@ -256,8 +271,8 @@ func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
 	woken := ks.publishLocked(next, changed, first)
 	c.mu.Unlock()
 
-	notified := c.fanOut(ks, woken)
-	c.logUpdate("xds cache updated", kind, stats, notified, first, start)
+	notified := c.fanOut(woken)
+	c.logUpdate("xds cache updated", key, stats, notified, first, start)
 	return stats, nil
 }
 
@@ -289,17 +304,18 @@ func (ks *kindState) publishLocked(next [numTypes]*typeSnapshot, changed [numTyp
 		}
 		for w := range ks.watches[t] {
 			if scope == nil || w.interested(scope) {
-				out = append(out, woken{w: w, ts: next[t], changed: scope})
+				out = append(out, woken{w: w, ks: ks, ts: next[t], changed: scope})
 			}
 		}
 	}
 	return out
 }
 
-// woken is a registered watch an Update concerns, with what to answer it
-// from.
+// woken is a registered watch an Update (or SetViews) concerns, with the
+// view it is registered in and what to answer it from.
 type woken struct {
 	w       *watch
+	ks      *kindState
 	ts      *typeSnapshot
 	changed map[string]struct{}
 }
@@ -315,7 +331,7 @@ const fanOutBatch = 32
 // unanswered. Watches that were answered are unregistered afterwards, and
 // the number answered is returned. The caller holds updateMu, so no other
 // Update evaluates these watches meanwhile.
-func (c *Cache) fanOut(ks *kindState, woken []woken) int {
+func (c *Cache) fanOut(woken []woken) int {
 	if len(woken) == 0 {
 		return 0
 	}
@@ -342,7 +358,7 @@ func (c *Cache) fanOut(ks *kindState, woken []woken) int {
 	c.mu.Lock()
 	for i, wk := range woken {
 		if fired[i] {
-			delete(ks.watches[wk.w.t], wk.w)
+			delete(wk.ks.watches[wk.w.t], wk.w)
 			n++
 		}
 	}
@@ -350,12 +366,12 @@ func (c *Cache) fanOut(ks *kindState, woken []woken) int {
 	return n
 }
 
-func (c *Cache) logUpdate(msg string, kind node.Kind, stats Stats, notified int, first bool, start time.Time) {
+func (c *Cache) logUpdate(msg string, key viewKey, stats Stats, notified int, first bool, start time.Time) {
 	level := slog.LevelDebug
 	if stats != (Stats{}) || first {
 		level = slog.LevelInfo
 	}
-	c.log.Log(context.Background(), level, msg, "kind", kind,
+	c.log.Log(context.Background(), level, msg, "kind", key.kind, "view", key.view,
 		"changed", stats.Changed, "removed", stats.Removed, "notified", notified,
 		"duration", time.Since(start))
 }
@@ -365,7 +381,12 @@ type Names struct {
 	Clusters, Endpoints, Listeners, Routes []string
 }
 
-// Patch changes part of what one kind is served, for changes that touch a
+// Patch is PatchView of DefaultView.
+func (c *Cache) Patch(kind node.Kind, upsert *translate.Resources, remove Names) (Stats, error) {
+	return c.PatchView(kind, DefaultView, upsert, remove)
+}
+
+// PatchView changes part of what one kind is served in one view, for changes that touch a
 // few resources of a large set (an endpoint flip changes one
 // ClusterLoadAssignment of thousands): every resource in upsert is added or
 // replaced, every name in remove is deleted (a name not served is
@@ -377,19 +398,20 @@ type Names struct {
 // really changed are woken. The result is the cache Update would hold for
 // the patched set of resources.
 //
-// Patch refuses a kind that has had no Update yet: a partial set must never
-// be the first thing a proxy is told exists.
-func (c *Cache) Patch(kind node.Kind, upsert *translate.Resources, remove Names) (Stats, error) {
+// PatchView refuses a view that has had no Update yet: a partial set must
+// never be the first thing a proxy is told exists.
+func (c *Cache) PatchView(kind node.Kind, view string, upsert *translate.Resources, remove Names) (Stats, error) {
 	if _, err := node.ParseKind(string(kind)); err != nil {
 		return Stats{}, fmt.Errorf("xds cache patch: %w", err)
 	}
+	key := viewKey{kind: kind, view: view}
 	if upsert == nil {
 		upsert = &translate.Resources{}
 	}
 	start := time.Now()
 	in, err := prepareAll(upsert)
 	if err != nil {
-		return Stats{}, fmt.Errorf("xds cache patch for %s proxies: %w", kind, err)
+		return Stats{}, fmt.Errorf("xds cache patch for %s: %w", key, err)
 	}
 	removals := [numTypes][]string{
 		clusterType:  remove.Clusters,
@@ -407,7 +429,7 @@ func (c *Cache) Patch(kind node.Kind, upsert *translate.Resources, remove Names)
 		}
 		for _, name := range removals[t] {
 			if _, ok := upserted[name]; ok {
-				return Stats{}, fmt.Errorf("xds cache patch for %s proxies: %s %q: both upserted and removed", kind, typeNames[t], name)
+				return Stats{}, fmt.Errorf("xds cache patch for %s: %s %q: both upserted and removed", key, typeNames[t], name)
 			}
 		}
 	}
@@ -416,11 +438,11 @@ func (c *Cache) Patch(kind node.Kind, upsert *translate.Resources, remove Names)
 	defer c.updateMu.Unlock()
 
 	c.mu.Lock()
-	ks := c.kindLocked(kind)
+	ks := c.viewLocked(key)
 	prev, ready := ks.types, ks.ready
 	c.mu.Unlock()
 	if !ready {
-		return Stats{}, fmt.Errorf("xds cache patch for %s proxies: no update yet", kind)
+		return Stats{}, fmt.Errorf("xds cache patch for %s: no update yet", key)
 	}
 
 	var (
@@ -436,8 +458,8 @@ func (c *Cache) Patch(kind node.Kind, upsert *translate.Resources, remove Names)
 	woken := ks.publishLocked(next, changed, false)
 	c.mu.Unlock()
 
-	notified := c.fanOut(ks, woken)
-	c.logUpdate("xds cache patched", kind, stats, notified, false, start)
+	notified := c.fanOut(woken)
+	c.logUpdate("xds cache patched", key, stats, notified, false, start)
 	return stats, nil
 }
 

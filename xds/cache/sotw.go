@@ -29,8 +29,8 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 	})
 }
 
-// open registers the watch newWatch makes for the node's proxy kind, and
-// answers it at once when it can. A watch for a type the cache does not
+// open registers the watch newWatch makes for the node's proxy kind in its
+// namespace's view, and answers it at once when it can. A watch for a type the cache does not
 // serve is held forever, so the proxy keeps its stream.
 func (c *Cache) open(n *corev3.Node, typeURL, what string, newWatch func(typ) *watch) (func(), error) {
 	info, err := node.FromNode(n)
@@ -42,8 +42,10 @@ func (c *Cache) open(n *corev3.Node, typeURL, what string, newWatch func(typ) *w
 		c.log.Debug(what+" for a type that is not served; holding it", "node", n.GetId(), "type", typeURL)
 		return func() {}, nil
 	}
+	w := newWatch(t)
+	w.kind, w.ns = info.Kind, info.Namespace
 	c.mu.Lock()
-	cancel, send := c.watchLocked(c.kindLocked(info.Kind), newWatch(t))
+	cancel, send := c.watchLocked(c.viewLocked(c.viewKeyLocked(info)), w)
 	c.mu.Unlock()
 	if send != nil {
 		send()
@@ -52,7 +54,7 @@ func (c *Cache) open(n *corev3.Node, typeURL, what string, newWatch func(typ) *w
 }
 
 // Fetch answers a one-shot (REST or unary gRPC) request from the current
-// content. A request at the current version gets types.SkipFetchError.
+// content of the node's view. A request at the current version gets types.SkipFetchError.
 func (c *Cache) Fetch(_ context.Context, req *cachev3.Request) (cachev3.Response, error) {
 	info, err := node.FromNode(req.GetNode())
 	if err != nil {
@@ -63,11 +65,11 @@ func (c *Cache) Fetch(_ context.Context, req *cachev3.Request) (cachev3.Response
 		return nil, fmt.Errorf("xds fetch: type %q is not served", req.GetTypeUrl())
 	}
 	c.mu.Lock()
-	ks := c.kindLocked(info.Kind)
+	ks := c.viewLocked(c.viewKeyLocked(info))
 	ready, ts := ks.ready, ks.types[t]
 	c.mu.Unlock()
 	if !ready {
-		return nil, fmt.Errorf("xds fetch for %s: no configuration built yet for %s proxies", req.GetTypeUrl(), info.Kind)
+		return nil, fmt.Errorf("xds fetch for %s: no configuration built yet for %s", req.GetTypeUrl(), ks.key)
 	}
 	names := map[string]struct{}{}
 	wildcard := len(req.GetResourceNames()) == 0

@@ -4,6 +4,8 @@ import (
 	"sync"
 
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+
+	"github.com/fjordmesh/fjord/xds/node"
 )
 
 // watch is one open request of one stream for one type, state-of-the-world
@@ -19,6 +21,12 @@ import (
 // cancel has returned, is never read while it changes.
 type watch struct {
 	t typ
+	// kind and ns are the node's proxy kind and namespace, which pick the
+	// view the watch is answered from (see SetViews); home is the state it
+	// is registered in, guarded by Cache.mu.
+	kind node.Kind
+	ns   string
+	home *kindState
 
 	// Exactly one of the two request/channel pairs is set.
 	sotwReq  *cachev3.Request
@@ -44,7 +52,9 @@ type watch struct {
 	names   *memoNames
 	// reconciled says reconcile (subscribedAgain for delta) has run for
 	// this watch's request; recent is the cache's table of the selections
-	// sent, hist the history of the watch's kind and type.
+	// sent, hist the history of the watch's view and type (set under
+	// Cache.mu before the watch is first answered, and changed only by
+	// SetViews, which holds updateMu, so no Update answers it meanwhile).
 	reconciled bool
 	recent     *recentSelections
 	hist       *history
@@ -106,7 +116,7 @@ func (w *watch) fire(ts *typeSnapshot, changed map[string]struct{}) bool {
 // and otherwise registers it until an Update concerns it. c.mu must be held;
 // the returned send, if not nil, must be called after releasing it.
 func (c *Cache) watchLocked(ks *kindState, w *watch) (cancel, send func()) {
-	w.hist = &ks.history[w.t]
+	w.hist, w.home = &ks.history[w.t], ks
 	if ks.ready {
 		if sotw, delta := w.respond(ks.types[w.t], nil); sotw != nil || delta != nil {
 			w.done = true
@@ -122,7 +132,7 @@ func (c *Cache) watchLocked(ks *kindState, w *watch) (cancel, send func()) {
 	ks.watches[w.t][w] = struct{}{}
 	return func() {
 		c.mu.Lock()
-		delete(ks.watches[w.t], w)
+		delete(w.home.watches[w.t], w)
 		c.mu.Unlock()
 		w.mu.Lock()
 		w.done = true
