@@ -31,6 +31,11 @@ type Service struct {
 	// ServiceAccounts are the service accounts the Service declares (see
 	// model.Service.ServiceAccounts), sorted.
 	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
+	// ExportTo lists the namespaces whose proxies may see the Service
+	// besides its own (see CanSee): the Service's model.Service.ExportTo,
+	// or Options.DefaultExportTo when it has none, sorted. Nil when every
+	// namespace may.
+	ExportTo []string `json:"exportTo,omitempty"`
 }
 
 // Port is one Service port, ready for translation.

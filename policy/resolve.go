@@ -27,6 +27,9 @@ type Options struct {
 	// the store). When a policy's current spec is invalid, its entry here
 	// keeps being served, so a bad edit never changes what proxies get.
 	LastAccepted []model.Policy
+	// DefaultExportTo is the export-to list (model.ParseExportTo's form)
+	// of every Service without one of its own; nil means every namespace.
+	DefaultExportTo []string
 }
 
 // policyState is one policy of the snapshot on its way through resolution.
@@ -76,6 +79,7 @@ func Resolve(in *model.Snapshot, opts Options) *Mesh {
 	meshNS := cmp.Or(opts.MeshNamespace, DefaultMeshNamespace)
 	r := &resolver{
 		meshNS:   meshNS,
+		exportTo: opts.DefaultExportTo,
 		services: map[model.Key]*model.Service{},
 		winners:  map[target]*policyState{},
 		lostTo:   map[lossKey]*policyState{},
@@ -108,7 +112,9 @@ type lossKey struct {
 
 // resolver holds what one Resolve call has learnt about the snapshot.
 type resolver struct {
-	meshNS   string
+	meshNS string
+	// exportTo is Options.DefaultExportTo.
+	exportTo []string
 	services map[model.Key]*model.Service
 	winners  map[target]*policyState
 	lostTo   map[lossKey]*policyState
@@ -244,7 +250,8 @@ func (r *resolver) resolveServices(in *model.Snapshot) []Service {
 	out := make([]Service, 0, len(in.Services))
 	for i := range in.Services {
 		s := &in.Services[i]
-		svc := Service{Key: s.Key, Ports: make([]Port, 0, len(s.Ports)), ServiceAccounts: slices.Clone(s.ServiceAccounts)}
+		svc := Service{Key: s.Key, Ports: make([]Port, 0, len(s.Ports)), ServiceAccounts: slices.Clone(s.ServiceAccounts),
+			ExportTo: exportTo(s, r.exportTo)}
 		for _, sp := range s.Ports {
 			layers := r.layers(s.Key, sp.Name)
 			id := stackID(layers)
@@ -417,4 +424,20 @@ func kindName(k node.Kind) string {
 
 func compareKeys(a, b model.Key) int {
 	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+}
+
+// exportTo is the ExportTo of s's resolved Service: its own list, or the
+// default, with every namespace as nil.
+func exportTo(s *model.Service, def []string) []string {
+	list := s.ExportTo
+	if list == nil {
+		if def == nil {
+			return nil
+		}
+		list = model.NormaliseExportTo(def, s.Namespace)
+	}
+	if slices.Contains(list, model.ExportAll) {
+		return nil
+	}
+	return slices.Clone(list)
 }
