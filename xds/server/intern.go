@@ -1,8 +1,11 @@
 package server
 
 import (
+	"hash/maphash"
+	"slices"
 	"strings"
 	"sync"
+	"unsafe"
 )
 
 // internLimit is how many strings one generation of the intern table holds:
@@ -43,6 +46,8 @@ type interner struct {
 	cur   map[string]string
 	prev  map[string]string
 	limit int
+
+	lists lists
 }
 
 func newInterner(limit int) *interner {
@@ -115,4 +120,96 @@ func (t *interner) internLocked(v string) string {
 	}
 	t.cur[c] = c
 	return c
+}
+
+// listLimit is how many names one generation of the list table holds, over
+// all its lists: a few hundred distinct subscriptions of a thousand names.
+const listLimit = 1 << 18
+
+// nameList is a state-of-the-world request's resource_names as every
+// stream sending the same list shares it: the interned names in the
+// request's order, their set without "*", and whether "*" is among them.
+// All of it is read-only.
+type nameList struct {
+	names    []string
+	set      map[string]struct{}
+	wildcard bool
+}
+
+var emptyList = &nameList{set: emptyNames}
+
+// lists is the table of shared name lists, generational like the string
+// table: every Envoy of one kind subscribed to the same thousand load
+// assignments holds one list and one set of them, not a thousand names of
+// its own, and a stream that sends a list another has sent builds no set.
+type lists struct {
+	mu        sync.Mutex
+	cur, prev map[uint64][]*nameList
+	size      int // names in cur
+}
+
+// list interns the names of s (in place) and returns the shared list equal
+// to it, adding it if new. Lists are keyed by the interned strings'
+// addresses: equal lists of interned names hold the same strings, and an
+// uninterned (overlong) name only makes a list that matches no other.
+func (t *interner) list(s []string) *nameList {
+	if len(s) == 0 {
+		return emptyList
+	}
+	t.strings(s)
+	var h maphash.Hash
+	h.SetSeed(listSeed)
+	for _, v := range s {
+		maphash.WriteComparable(&h, unsafe.StringData(v))
+		maphash.WriteComparable(&h, len(v))
+	}
+	key := h.Sum64()
+
+	l := &t.lists
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.cur[key] {
+		if sameStrings(c.names, s) {
+			return c
+		}
+	}
+	for _, c := range l.prev[key] {
+		if sameStrings(c.names, s) {
+			l.putLocked(key, c)
+			return c
+		}
+	}
+	c := &nameList{names: slices.Clone(s), set: make(map[string]struct{}, len(s))}
+	for _, v := range c.names {
+		if v == wildcardName {
+			c.wildcard = true
+		} else {
+			c.set[v] = struct{}{}
+		}
+	}
+	l.putLocked(key, c)
+	return c
+}
+
+func (l *lists) putLocked(key uint64, c *nameList) {
+	if l.cur == nil || l.size+len(c.names) > listLimit {
+		l.prev, l.cur, l.size = l.cur, map[uint64][]*nameList{}, 0
+	}
+	l.cur[key] = append(l.cur[key], c)
+	l.size += len(c.names)
+}
+
+var listSeed = maphash.MakeSeed()
+
+// sameStrings reports whether a and b hold the same strings, by address.
+func sameStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if len(a[i]) != len(b[i]) || unsafe.StringData(a[i]) != unsafe.StringData(b[i]) {
+			return false
+		}
+	}
+	return true
 }

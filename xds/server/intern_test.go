@@ -17,8 +17,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -90,10 +90,10 @@ func TestInternerIsBounded(t *testing.T) {
 	}
 }
 
-// recorder runs the server's callbacks, then records the string data of the
-// names each request carries on to go-control-plane and the cache.
+// recorder is the cache as the server sees it: it records the string data
+// of the names each request and subscription carries into the cache.
 type recorder struct {
-	serverv3.Callbacks
+	cachev3.Cache
 
 	mu   sync.Mutex
 	seen map[string][]*byte
@@ -107,23 +107,20 @@ func (r *recorder) record(names ...string) {
 	}
 }
 
-func (r *recorder) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
-	if err := r.Callbacks.OnStreamRequest(id, req); err != nil {
-		return err
-	}
+func (r *recorder) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
 	r.record(req.GetResourceNames()...)
-	return nil
-}
-
-func (r *recorder) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-	if err := r.Callbacks.OnStreamDeltaRequest(id, req); err != nil {
-		return err
-	}
-	r.record(req.GetResourceNamesSubscribe()...)
-	for name := range req.GetInitialResourceVersions() {
+	for name := range sub.SubscribedResources() {
 		r.record(name)
 	}
-	return nil
+	return r.Cache.CreateWatch(req, sub, ch)
+}
+
+func (r *recorder) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
+	r.record(req.GetResourceNamesSubscribe()...)
+	for name := range sub.ReturnedResources() {
+		r.record(name)
+	}
+	return r.Cache.CreateDeltaWatch(req, sub, ch)
 }
 
 // endpointsOnly is a mesh of EDS clusters, one endpoint each.
@@ -158,7 +155,7 @@ func endpointsOnly(eps map[string]string) *translate.Resources {
 
 // TestStreamsShareSubscribedNames subscribes two state-of-the-world streams
 // and a delta stream, each on its own connection, to the same load
-// assignments, and checks that every request hands go-control-plane the
+// assignments, and checks that every request hands the cache the
 // same copy of each name while the subscriptions keep working.
 func TestStreamsShareSubscribedNames(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
@@ -167,10 +164,10 @@ func TestStreamsShareSubscribedNames(t *testing.T) {
 	if _, err := c.Update(node.Envoy, endpointsOnly(eps)); err != nil {
 		t.Fatal(err)
 	}
-	s := New(c, nil, log)
-	rec := &recorder{Callbacks: callbacks{s: s}, seen: map[string][]*byte{}}
+	rec := &recorder{Cache: c, seen: map[string][]*byte{}}
+	s := newServer(rec, nil, log)
 	g := grpc.NewServer(GRPCOptions()...)
-	register(g, s.newXDS(rec))
+	s.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -2,21 +2,10 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
-	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
-	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
-	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
-	cplog "github.com/envoyproxy/go-control-plane/pkg/log"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/server/config"
-	sotw "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
@@ -27,66 +16,39 @@ import (
 // Server serves one cache to every proxy, on a plaintext port (Register)
 // and on the authenticated secure port (RegisterAuthenticated).
 type Server struct {
-	xds     serverv3.Server
-	cache   *cache.Cache
+	// cache is the xds/cache Cache; tests put a recorder in front of it.
+	cache   cachev3.Cache
 	ctx     context.Context
 	log     *slog.Logger
 	metrics *metrics
 	stop    context.CancelFunc
 	names   *interner
-
-	mu      sync.Mutex
-	streams map[streamKey]*stream
 }
 
 // New builds a server over c and registers its metrics on reg (nil: not
 // registered). Registering twice on one registry panics, as with any
 // collector.
 func New(c *cache.Cache, reg prometheus.Registerer, log *slog.Logger) *Server {
+	return newServer(c, reg, log)
+}
+
+func newServer(c cachev3.Cache, reg prometheus.Registerer, log *slog.Logger) *Server {
 	ctx, stop := context.WithCancel(context.Background())
-	s := &Server{
+	return &Server{
 		cache:   c,
 		ctx:     ctx,
 		log:     log,
 		metrics: newMetrics(reg),
 		stop:    stop,
 		names:   newInterner(internLimit),
-		streams: map[streamKey]*stream{},
 	}
-	s.xds = s.newXDS(callbacks{s: s})
-	return s
-}
-
-// newXDS is a go-control-plane server over the cache reporting to cb. Each
-// port has its own, so its callbacks know how the stream came in.
-func (s *Server) newXDS(cb serverv3.Callbacks) serverv3.Server {
-	log := s.log
-	return serverv3.NewServer(s.ctx, s.cache, cb,
-		// One response channel per ADS stream, so a change reaches the proxy
-		// in the order the cache emits it: clusters, endpoints, listeners,
-		// routes, which lets a new cluster warm before a route uses it.
-		sotw.WithOrderedADS(),
-		// A first request naming nothing is a wildcard only for listeners
-		// and clusters, the roots Envoy discovers that way. Routes and
-		// endpoints are always asked for by name; an empty request for them
-		// subscribes to nothing, never to every route in the mesh.
-		config.DeactivateLegacyWildcardForTypes([]string{resourcev3.EndpointType, resourcev3.RouteType}),
-		// The library's own messages are per-request chatter (stale nonces,
-		// new subscriptions): debug, except its warnings and errors.
-		sotw.WithLogger(cplog.LoggerFuncs{
-			DebugFunc: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) },
-			InfoFunc:  func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) },
-			WarnFunc:  func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) },
-			ErrorFunc: func(f string, a ...any) { log.Error(fmt.Sprintf(f, a...)) },
-		}),
-	)
 }
 
 // Register adds the aggregated service (state-of-the-world and delta) and
 // the per-type cluster, endpoint, listener and route services to g.
 // Streams there are not authenticated: it is the development port.
 func (s *Server) Register(g *grpc.Server) {
-	register(g, s.xds)
+	(&port{s: s}).register(g)
 }
 
 // RegisterAuthenticated adds the same services to g, the secure port, whose
@@ -98,19 +60,12 @@ func (s *Server) Register(g *grpc.Server) {
 // binding holds for all of it. Refusals are logged and counted in
 // fjord_xds_auth_failures_total{reason}.
 func (s *Server) RegisterAuthenticated(g *grpc.Server, trustDomain string) {
-	register(g, s.newXDS(callbacks{s: s, trustDomain: trustDomain}))
+	(&port{s: s, trustDomain: trustDomain}).register(g)
 }
 
-func register(g *grpc.Server, x serverv3.Server) {
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, x)
-	clusterservice.RegisterClusterDiscoveryServiceServer(g, x)
-	endpointservice.RegisterEndpointDiscoveryServiceServer(g, x)
-	listenerservice.RegisterListenerDiscoveryServiceServer(g, x)
-	routeservice.RegisterRouteDiscoveryServiceServer(g, x)
-}
-
-// Close ends every open stream (the proxies reconnect elsewhere or later).
-// xDS streams never end on their own, so call it before
+// Close ends every open stream (the proxies reconnect elsewhere or later),
+// cancelling its watches; streams opened afterwards end at once. xDS
+// streams never end on their own, so call it before
 // grpc.Server.GracefulStop, which would otherwise wait for them forever.
 func (s *Server) Close() {
 	s.stop()

@@ -1,0 +1,214 @@
+package server
+
+import (
+	"slices"
+	"strconv"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// responseBuffer is the capacity of a stream's response channel. The cache
+// delivers without ever blocking only if a response always fits (see
+// xds/cache watch): a stream has at most one open watch per type, each
+// answers at most once, and the loop takes every queued response before it
+// opens a watch, so the channel never holds more than one response per
+// served type plus the one a new watch may answer at once. The rest is
+// margin.
+const responseBuffer = 16
+
+type sotwServerStream = grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
+
+// sotwType is a state-of-the-world stream's state for one type.
+type sotwType struct {
+	sub *subscription
+	// list is the shared list of names the subscription was last set
+	// from: a request naming the same is an ACK that changes nothing.
+	list *nameList
+	// req is the request of the open watch (nil before the first one);
+	// a response answering another request is from a cancelled watch.
+	req    *discoveryv3.DiscoveryRequest
+	cancel func()
+	// nonce is that of the last response sent; a request that does not
+	// carry it is stale.
+	nonce  string
+	pushes prometheus.Counter
+}
+
+// sotwStream is the loop of one state-of-the-world stream, ADS (typeURL
+// "") or one type's.
+type sotwStream struct {
+	*peerStream
+	p       *port
+	st      sotwServerStream
+	typeURL string
+	ch      chan cachev3.Response
+	types   map[string]*sotwType
+	nonce   int64
+}
+
+// streamSotw serves a state-of-the-world stream until the client ends it,
+// the server closes, or a request is refused. One goroutine reads requests
+// and hands them to this one, which applies them and sends the cache's
+// responses in the order the cache delivers them.
+func (p *port) streamSotw(st sotwServerStream, typeURL string) error {
+	ps, err := p.open(st.Context())
+	if err != nil {
+		return err
+	}
+	defer ps.close()
+	s := &sotwStream{
+		peerStream: ps, p: p, st: st, typeURL: typeURL,
+		ch:    make(chan cachev3.Response, responseBuffer),
+		types: map[string]*sotwType{},
+	}
+	defer s.cancelAll()
+
+	reqs := make(chan *discoveryv3.DiscoveryRequest)
+	go func() {
+		defer close(reqs)
+		for {
+			req, err := st.Recv()
+			if err != nil {
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-st.Context().Done():
+				return
+			}
+		}
+	}()
+
+	for {
+		select {
+		case <-p.s.ctx.Done():
+			return nil
+		case r := <-s.ch:
+			if err := s.send(r); err != nil {
+				return err
+			}
+		case req, ok := <-reqs:
+			if !ok {
+				return nil
+			}
+			if err := s.request(req); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *sotwStream) cancelAll() {
+	for _, t := range s.types {
+		if t.cancel != nil {
+			t.cancel()
+		}
+	}
+}
+
+// request applies one request: it checks the node, ignores a stale one,
+// updates the subscription and opens the type's next watch.
+func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest) error {
+	switch {
+	case req.GetTypeUrl() != "" && s.typeURL != "" && req.GetTypeUrl() != s.typeURL:
+		return status.Errorf(codes.InvalidArgument, "a %s stream cannot request %s", s.typeURL, req.GetTypeUrl())
+	case req.GetTypeUrl() == "" && s.typeURL == "":
+		return status.Error(codes.InvalidArgument, "type URL is required for ADS")
+	case req.GetTypeUrl() == "":
+		req.TypeUrl = s.typeURL
+	}
+	typeURL := req.GetTypeUrl()
+	n, err := s.check(req.GetNode(), typeURL, req.GetResponseNonce(), req.GetErrorDetail())
+	if err != nil {
+		return err
+	}
+	// The cache reads the node from every request; the decoded copy of a
+	// repeated one can go.
+	req.Node = n
+
+	t := s.types[typeURL]
+	if t == nil {
+		t = &sotwType{pushes: s.p.s.metrics.pushes.WithLabelValues(typeName(typeURL))}
+		s.types[typeURL] = t
+		s.debug("xDS new subscription", typeURL)
+	} else {
+		if t.nonce != "" && req.GetResponseNonce() != t.nonce {
+			// Not an answer to the last response: the client will answer
+			// that one (xds_protocol, "Resource updates").
+			s.debug("xDS stale request ignored", typeURL)
+			return nil
+		}
+		// The cache must not answer the watch while its subscription
+		// changes.
+		t.cancel()
+		t.cancel, t.req = nil, nil
+		// A response of this type already queued answers the request
+		// just replaced, and is dropped; the other types' go out first,
+		// in order.
+		if err := s.drain(); err != nil {
+			return err
+		}
+	}
+
+	names := req.GetResourceNames()
+	switch {
+	case t.sub == nil:
+		t.list = s.p.s.names.list(names)
+		t.sub = newSubscription(len(names) == 0, legacyWildcard(typeURL), nil)
+		t.sub.setSotw(names, t.list.set, t.list.wildcard)
+	case slices.Equal(names, t.list.names):
+		// An ACK naming what the last request named: nothing to rebuild.
+	default:
+		t.list = s.p.s.names.list(names)
+		t.sub.setSotw(names, t.list.set, t.list.wildcard)
+	}
+	// The cache may keep the request until the next one: it keeps the
+	// shared names, and the decoded ones can go.
+	req.ResourceNames = t.list.names
+
+	t.req = req
+	cancel, err := s.p.s.cache.CreateWatch(req, t.sub, s.ch)
+	if err != nil {
+		return err
+	}
+	t.cancel = cancel
+	return nil
+}
+
+// drain sends every response already queued.
+func (s *sotwStream) drain() error {
+	for {
+		select {
+		case r := <-s.ch:
+			if err := s.send(r); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
+}
+
+// send sends a response from the cache, unless its watch was cancelled
+// since: the request that replaced it has a watch of its own.
+func (s *sotwStream) send(r cachev3.Response) error {
+	t := s.types[r.GetRequest().GetTypeUrl()]
+	if t == nil || r.GetRequest() != t.req {
+		return nil
+	}
+	out, err := r.GetDiscoveryResponse()
+	if err != nil {
+		return err
+	}
+	s.nonce++
+	out.Nonce = strconv.FormatInt(s.nonce, 10)
+	t.nonce = out.Nonce
+	t.sub.returned = r.GetReturnedResources()
+	t.pushes.Inc()
+	return s.st.Send(out)
+}
