@@ -24,6 +24,14 @@ import (
 // the cache. Every other change takes the full path. Both paths leave the
 // cache holding exactly what a full build of the snapshot would.
 //
+// Proxies are served only the Services their namespace may see (see
+// policy.Views): the full path translates each view's mesh for each kind
+// and then tells the cache which namespace is in which view, which moves
+// the proxies of a namespace whose view changed; the fast path patches
+// only the views that see the changed Services. With no Service
+// restricted there is one view, and the paths cost what they did without
+// views.
+//
 // A builder is used by one goroutine at a time.
 type builder struct {
 	cache  *cache.Cache
@@ -32,15 +40,20 @@ type builder struct {
 	// lastAccepted is passed to Resolve; see policy.Options.LastAccepted.
 	lastAccepted []model.Policy
 
+	// exportTo is policy.Options.DefaultExportTo.
+	exportTo []string
+
 	// snap and mesh are the last snapshot built and its mesh, nil when the
 	// next build must take the full path (none yet, or the last one failed
-	// part way, leaving the cache's kinds at different snapshots).
-	snap *model.Snapshot
-	mesh *policy.Mesh
-	// servers counts, per server listener name, the entries of
-	// translate.ServerAddresses over every port of mesh that call for it;
-	// nil until the first fast build computes it.
-	servers map[string]int
+	// part way, leaving the cache's kinds at different snapshots). views
+	// are mesh's views, which the cache serves.
+	snap  *model.Snapshot
+	mesh  *policy.Mesh
+	views policy.Views
+	// servers counts, per view and server listener name, the entries of
+	// translate.ServerAddresses over every port of mesh the view sees that
+	// call for it; nil until the first fast build computes it.
+	servers map[string]map[string]int
 }
 
 // buildResult is what one build did.
@@ -52,9 +65,10 @@ type buildResult struct {
 }
 
 // build serves snap: the fast path if only endpoints changed since the last
-// build, the full path otherwise. On error the cache may hold the new
-// config for some kinds and the old one for others (each kind is
-// consistent on its own), and the next build takes the full path.
+// build, the full path otherwise. On error of the full path the cache is
+// unchanged; on error of the fast path it may hold the new config for some
+// kinds or views and the old one for others (each consistent on its own).
+// Either way the next build takes the full path.
 func (b *builder) build(snap *model.Snapshot) (buildResult, error) {
 	if b.snap != nil && endpointsOnly(b.snap, snap) {
 		res, err := b.fastBuild(snap)
@@ -64,22 +78,28 @@ func (b *builder) build(snap *model.Snapshot) (buildResult, error) {
 		}
 		return res, nil
 	}
-	mesh := policy.Resolve(snap, policy.Options{MeshNamespace: b.meshNS, LastAccepted: b.lastAccepted})
-	var stats cache.Stats
-	for _, kind := range node.Kinds {
-		st, err := b.cache.Update(kind, translate.Translate(mesh, kind, b.opts))
-		if err != nil {
-			b.reset()
-			return buildResult{}, fmt.Errorf("kind %s: %w", kind, err)
+	mesh := policy.Resolve(snap, policy.Options{MeshNamespace: b.meshNS, LastAccepted: b.lastAccepted, DefaultExportTo: b.exportTo})
+	views := policy.ViewsOf(mesh.Services)
+	var updates []cache.ViewUpdate
+	for _, view := range views.Names() {
+		vm := views.Mesh(mesh, view)
+		for _, kind := range node.Kinds {
+			updates = append(updates, cache.ViewUpdate{Kind: kind, View: view, Resources: translate.Translate(vm, kind, b.opts)})
 		}
-		stats.Changed, stats.Removed = stats.Changed+st.Changed, stats.Removed+st.Removed
+	}
+	// One publish: no proxy is ever served a mix of the old and the new
+	// views, and an invalid resource changes nothing.
+	stats, err := b.cache.Publish(updates, views.Of)
+	if err != nil {
+		b.reset()
+		return buildResult{}, err
 	}
 	b.lastAccepted = mesh.Accepted
-	b.snap, b.mesh, b.servers = snap, mesh, nil
+	b.snap, b.mesh, b.views, b.servers = snap, mesh, views, nil
 	return buildResult{mesh: mesh, stats: stats}, nil
 }
 
-func (b *builder) reset() { b.snap, b.mesh, b.servers = nil, nil, nil }
+func (b *builder) reset() { b.snap, b.mesh, b.views, b.servers = nil, nil, policy.Views{}, nil }
 
 // endpointsOnly reports whether next differs from prev in its
 // EndpointSlices alone. Resolution of everything but the ports' endpoints
@@ -97,32 +117,49 @@ func (b *builder) fastBuild(snap *model.Snapshot) (buildResult, error) {
 	affected := changedServices(b.snap.EndpointSlices, snap.EndpointSlices)
 	mesh, ports := withEndpoints(b.mesh, snap.EndpointSlices, affected)
 	if b.servers == nil {
-		b.servers = serverCounts(b.mesh)
+		b.servers = map[string]map[string]int{}
+		for _, view := range b.views.Names() {
+			b.servers[view] = serverCounts(b.mesh, b.views, view)
+		}
 	}
-	upsertServers, removeServers := b.serverChanges(ports)
 
-	// A load assignment is the same for every kind: built once, shared (the
-	// cache only reads what it is given).
-	var endpoints []*endpointv3.ClusterLoadAssignment
-	for _, p := range ports {
-		endpoints = append(endpoints, translate.PortLoadAssignment(p.svc, p.next))
+	// A load assignment is the same for every kind and view: built once,
+	// shared (the cache only reads what it is given).
+	endpoints := make([]*endpointv3.ClusterLoadAssignment, len(ports))
+	for i, p := range ports {
+		endpoints[i] = translate.PortLoadAssignment(p.svc, p.next)
 	}
 	var stats cache.Stats
-	for _, kind := range node.Kinds {
-		up := &translate.Resources{Endpoints: endpoints}
-		var remove cache.Names
-		for _, p := range ports {
-			up.Clusters = append(up.Clusters, translate.PortCluster(kind, p.svc, p.next, b.opts))
+	for _, view := range b.views.Names() {
+		vports, veps := ports, endpoints
+		if len(b.views.Of) > 0 {
+			vports, veps = nil, nil
+			for i, p := range ports {
+				if b.views.Sees(view, p.svc.Key) {
+					vports, veps = append(vports, p), append(veps, endpoints[i])
+				}
+			}
+			if len(vports) == 0 {
+				continue
+			}
 		}
-		if translate.HasServerListeners(kind) {
-			up.Listeners = translate.ServerListeners(upsertServers, b.opts)
-			remove.Listeners = removeServers
+		upsertServers, removeServers := serverChanges(b.servers[view], vports)
+		for _, kind := range node.Kinds {
+			up := &translate.Resources{Endpoints: veps}
+			var remove cache.Names
+			for _, p := range vports {
+				up.Clusters = append(up.Clusters, translate.PortCluster(kind, p.svc, p.next, b.opts))
+			}
+			if translate.HasServerListeners(kind) {
+				up.Listeners = translate.ServerListeners(upsertServers, b.opts)
+				remove.Listeners = removeServers
+			}
+			st, err := b.cache.PatchView(kind, view, up, remove)
+			if err != nil {
+				return buildResult{}, fmt.Errorf("kind %s: %w", kind, err)
+			}
+			stats.Changed, stats.Removed = stats.Changed+st.Changed, stats.Removed+st.Removed
 		}
-		st, err := b.cache.Patch(kind, up, remove)
-		if err != nil {
-			return buildResult{}, fmt.Errorf("kind %s: %w", kind, err)
-		}
-		stats.Changed, stats.Removed = stats.Changed+st.Changed, stats.Removed+st.Removed
 	}
 	b.snap, b.mesh = snap, mesh
 	return buildResult{mesh: mesh, stats: stats, fast: true}, nil
@@ -209,11 +246,15 @@ func withEndpoints(mesh *policy.Mesh, eps []model.EndpointSlice, affected map[mo
 	return &next, ports
 }
 
-// serverCounts counts the server listener names the ports of mesh call for.
-func serverCounts(mesh *policy.Mesh) map[string]int {
+// serverCounts counts the server listener names the ports of mesh that
+// view sees call for.
+func serverCounts(mesh *policy.Mesh, views policy.Views, view string) map[string]int {
 	counts := map[string]int{}
 	var addrs []translate.ServerAddress
 	for i := range mesh.Services {
+		if !views.Sees(view, mesh.Services[i].Key) {
+			continue
+		}
 		for j := range mesh.Services[i].Ports {
 			addrs = translate.ServerAddresses(addrs[:0], mesh.Services[i].Ports[j].Endpoints)
 			for _, a := range addrs {
@@ -224,12 +265,12 @@ func serverCounts(mesh *policy.Mesh) map[string]int {
 	return counts
 }
 
-// serverChanges updates b.servers for the recomputed ports and returns the
-// server listeners that appear (no port called for them before) and the
-// names of those that disappear (no port calls for them any more). Several
-// Services can share an address and port, so a listener stays as long as
-// any port calls for it.
-func (b *builder) serverChanges(ports []changedPort) (appear []translate.ServerAddress, gone []string) {
+// serverChanges updates a view's counts (see builder.servers) for the
+// recomputed ports it sees and returns the server listeners that appear
+// (no port called for them before) and the names of those that disappear
+// (no port calls for them any more). Several Services can share an address
+// and port, so a listener stays as long as any port calls for it.
+func serverChanges(counts map[string]int, ports []changedPort) (appear []translate.ServerAddress, gone []string) {
 	delta := map[string]int{}
 	addrOf := map[string]translate.ServerAddress{}
 	var addrs []translate.ServerAddress
@@ -249,7 +290,7 @@ func (b *builder) serverChanges(ports []changedPort) (appear []translate.ServerA
 		if d == 0 {
 			continue
 		}
-		before := b.servers[name]
+		before := counts[name]
 		after := before + d
 		switch {
 		case before == 0 && after > 0:
@@ -258,9 +299,9 @@ func (b *builder) serverChanges(ports []changedPort) (appear []translate.ServerA
 			gone = append(gone, name)
 		}
 		if after == 0 {
-			delete(b.servers, name)
+			delete(counts, name)
 		} else {
-			b.servers[name] = after
+			counts[name] = after
 		}
 	}
 	slices.Sort(gone)

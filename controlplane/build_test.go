@@ -35,36 +35,48 @@ func newBuilder(opts translate.Options) *builder {
 	}
 }
 
-// served is everything c serves, by kind and type: name -> marshalled bytes.
+// servedTo are the namespaces whose proxies served compares: those of the
+// generated mesh, which may be in views of their own, and one in none.
+var servedTo = []string{"ns-a", "ns-b", "fjord-system", "elsewhere"}
+
+// served is everything c serves, by namespace, kind and type: name ->
+// marshalled bytes.
 func served(t *testing.T, c *cache.Cache) map[string]map[string]string {
 	t.Helper()
 	out := map[string]map[string]string{}
-	for _, kind := range node.Kinds {
-		for _, typeURL := range servedTypes {
-			resp, err := c.Fetch(context.Background(), &discoveryv3.DiscoveryRequest{
-				Node:    node.Info{Namespace: "ns-a", Workload: "client", ServiceAccount: "default", Kind: kind}.Node(),
-				TypeUrl: typeURL,
-			})
-			if err != nil {
-				t.Fatalf("Fetch %s %s: %v", kind, typeURL, err)
+	for _, ns := range servedTo {
+		for _, kind := range node.Kinds {
+			for _, typeURL := range servedTypes {
+				servedOf(t, c, out, ns, kind, typeURL)
 			}
-			dr, _ := resp.GetDiscoveryResponse()
-			got := map[string]string{}
-			for name, version := range resp.GetReturnedResources() {
-				got[name] = version
-			}
-			if len(got) != len(dr.GetResources()) {
-				t.Fatalf("Fetch %s %s: %d names for %d resources", kind, typeURL, len(got), len(dr.GetResources()))
-			}
-			// Versions are content hashes of the marshalled bytes; keep
-			// the bytes too, so a difference shows what differs.
-			for i, a := range dr.GetResources() {
-				got[fmt.Sprintf("#%d", i)] = string(a.GetValue())
-			}
-			out[string(kind)+" "+typeURL] = got
 		}
 	}
 	return out
+}
+
+func servedOf(t *testing.T, c *cache.Cache, out map[string]map[string]string, ns string, kind node.Kind, typeURL string) {
+	t.Helper()
+	resp, err := c.Fetch(context.Background(), &discoveryv3.DiscoveryRequest{
+		Node:    node.Info{Namespace: ns, Workload: "client", ServiceAccount: "default", Kind: kind}.Node(),
+		TypeUrl: typeURL,
+	})
+	if err != nil {
+		t.Fatalf("Fetch %s %s %s: %v", ns, kind, typeURL, err)
+	}
+	dr, _ := resp.GetDiscoveryResponse()
+	got := map[string]string{}
+	for name, version := range resp.GetReturnedResources() {
+		got[name] = version
+	}
+	if len(got) != len(dr.GetResources()) {
+		t.Fatalf("Fetch %s %s %s: %d names for %d resources", ns, kind, typeURL, len(got), len(dr.GetResources()))
+	}
+	// Versions are content hashes of the marshalled bytes; keep the bytes
+	// too, so a difference shows what differs.
+	for i, a := range dr.GetResources() {
+		got[fmt.Sprintf("#%d", i)] = string(a.GetValue())
+	}
+	out[ns+" "+string(kind)+" "+typeURL] = got
 }
 
 // snapshotGen makes random but seeded snapshot changes over a small mesh in
@@ -119,6 +131,16 @@ func (g *snapshotGen) service(ns, name string) model.Service {
 	}
 	if g.pick(2) == 0 {
 		s.ServiceAccounts = []string{"declared"}
+	}
+	// Some Services are visible to a few namespaces only, so that views
+	// come and go and the fast path patches some views and not others.
+	switch g.pick(6) {
+	case 0:
+		s.ExportTo = []string{ns}
+	case 1:
+		s.ExportTo = model.NormaliseExportTo([]string{model.ExportOwn, "ns-b"}, ns)
+	case 2:
+		s.ExportTo = []string{model.ExportAll}
 	}
 	return s
 }
@@ -316,7 +338,7 @@ func TestIncrementalBuildEqualsFullBuild(t *testing.T) {
 				g := &snapshotGen{r: rand.New(rand.NewPCG(seed, 42))}
 				inc, full := newBuilder(opts), newBuilder(opts)
 				snap := g.initial()
-				fast := 0
+				fast, fastViews := 0, 0
 				for step := range 150 {
 					what := "initial"
 					if step > 0 {
@@ -333,6 +355,9 @@ func TestIncrementalBuildEqualsFullBuild(t *testing.T) {
 					}
 					if got.fast {
 						fast++
+						if len(inc.views.Names()) > 1 {
+							fastViews++
+						}
 					}
 					if !reflect.DeepEqual(got.mesh, want.mesh) {
 						t.Fatalf("step %d (%s, fast path %v): mesh differs from a full build (-full +incremental):\n%s",
@@ -347,6 +372,9 @@ func TestIncrementalBuildEqualsFullBuild(t *testing.T) {
 				// proves nothing about it.
 				if fast < 50 {
 					t.Errorf("only %d of 150 steps took the fast path", fast)
+				}
+				if fastViews < 10 {
+					t.Errorf("only %d of 150 steps took the fast path with views", fastViews)
 				}
 			})
 		}

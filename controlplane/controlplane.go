@@ -58,6 +58,12 @@ type Config struct {
 	// MeshNamespace is the control plane's namespace, where policies without
 	// targetRefs are mesh-wide defaults. Default policy.DefaultMeshNamespace.
 	MeshNamespace string
+	// DefaultExportTo is the export-to list (model.ParseExportTo's form)
+	// of every Service without the fjord.dev/export-to annotation: which
+	// namespaces' proxies may see it besides its own. Nil means every
+	// namespace; []string{model.ExportOwn} makes Services private to their
+	// namespace unless they say otherwise.
+	DefaultExportTo []string
 	// HoldOff and MaxDelay tune the coalescing of config changes; zero
 	// means watcher.DefaultHoldOff and watcher.DefaultMaxDelay.
 	// EndpointHoldOff replaces HoldOff for changes to endpoints only; zero
@@ -166,7 +172,7 @@ func New(cfg Config) (_ *ControlPlane, err error) {
 	cp.reg = prometheus.NewRegistry()
 	cp.metrics = newMetrics(cp.reg)
 	cp.cache = cache.New(cfg.Log.With("component", "xds-cache"))
-	cp.builder = &builder{cache: cp.cache, meshNS: cfg.MeshNamespace, opts: cfg.Translate}
+	cp.builder = &builder{cache: cp.cache, meshNS: cfg.MeshNamespace, opts: cfg.Translate, exportTo: cfg.DefaultExportTo}
 	cp.xds = server.New(cp.cache, cp.reg, cfg.Log.With("component", "xds-server"))
 	cp.source = cfg.Source
 	if cp.source == nil {

@@ -33,6 +33,13 @@ var demoClient = node.Info{Namespace: "demo", Workload: "client", ServiceAccount
 // secure port, as the identity agent does.
 func workloadCert(t *testing.T, r *running, dataDir string) (*tls.Certificate, []*x509.Certificate) {
 	t.Helper()
+	return workloadCertFor(t, r, dataDir, demoClient)
+}
+
+// workloadCertFor is workloadCert for the namespace and service account of
+// who.
+func workloadCertFor(t *testing.T, r *running, dataDir string, who node.Info) (*tls.Certificate, []*x509.Certificate) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	adminConn, err := api.DialAdmin(filepath.Join(dataDir, api.AdminSocket))
@@ -41,7 +48,7 @@ func workloadCert(t *testing.T, r *running, dataDir string) (*tls.Certificate, [
 	}
 	defer adminConn.Close()
 	tok, err := api.NewAdminServiceClient(adminConn).CreateToken(ctx, &api.CreateTokenRequest{
-		Namespace: demoClient.Namespace, ServiceAccount: demoClient.ServiceAccount, Ttl: durationpb.New(time.Hour),
+		Namespace: who.Namespace, ServiceAccount: who.ServiceAccount, Ttl: durationpb.New(time.Hour),
 	})
 	if err != nil {
 		t.Fatalf("CreateToken on the admin socket: %v", err)
@@ -59,7 +66,7 @@ func workloadCert(t *testing.T, r *running, dataDir string) (*tls.Certificate, [
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := certs.Identity{TrustDomain: certs.DefaultTrustDomain, Namespace: demoClient.Namespace, ServiceAccount: demoClient.ServiceAccount}
+	id := certs.Identity{TrustDomain: certs.DefaultTrustDomain, Namespace: who.Namespace, ServiceAccount: who.ServiceAccount}
 	csr, err := certs.NewCSR(*key, id)
 	if err != nil {
 		t.Fatal(err)

@@ -229,50 +229,126 @@ func (c *Cache) Update(kind node.Kind, r *translate.Resources) (Stats, error) {
 
 // UpdateView replaces everything served to proxies of one kind in one view
 // (see SetViews); a view no namespace is in yet is made ready for the
-// SetViews that moves namespaces to it. Every resource
-// is validated first; if any fails, nothing changes and the error names the
-// type and resource. Resources whose bytes are unchanged keep their version,
-// so only watches on resources that really changed (or were removed) are
-// woken, and an Update with identical content wakes nobody.
+// SetViews that moves namespaces to it. Every resource is validated first;
+// if any fails, nothing changes and the error names the type and resource.
+// Resources whose bytes are unchanged keep their version, so only watches
+// on resources that really changed (or were removed) are woken, and an
+// Update with identical content wakes nobody.
 func (c *Cache) UpdateView(kind node.Kind, view string, r *translate.Resources) (Stats, error) {
-	if _, err := node.ParseKind(string(kind)); err != nil {
-		return Stats{}, fmt.Errorf("xds cache update: %w", err)
-	}
-	key := viewKey{kind: kind, view: view}
-	if r == nil {
-		return Stats{}, fmt.Errorf("xds cache update for %s: resources are nil", key)
-	}
+	return c.publish([]ViewUpdate{{Kind: kind, View: view, Resources: r}}, nil)
+}
+
+// ViewUpdate is everything one view of one proxy kind is to serve.
+type ViewUpdate struct {
+	Kind      node.Kind
+	View      string
+	Resources *translate.Resources
+}
+
+// Publish is UpdateView of every update and SetViews of of, as one change:
+// every resource of every update is validated before anything changes, and
+// every proxy goes from what it was served straight to what it is to be
+// served. Done one by one, a namespace that moves could first be served
+// its old view's new content (a Service it may see in its new view but not
+// in the old one would vanish and come back, or one it may no longer see
+// would show up) before being moved.
+func (c *Cache) Publish(updates []ViewUpdate, of map[string]string) (Stats, error) {
+	return c.publish(updates, &of)
+}
+
+// prepared is one ViewUpdate validated and serialised.
+type prepared struct {
+	key viewKey
+	in  [numTypes][]marshalled
+}
+
+// publish applies updates and, if of is not nil, sets the views (see
+// Publish).
+func (c *Cache) publish(updates []ViewUpdate, of *map[string]string) (Stats, error) {
 	start := time.Now()
-	in, err := prepareAll(r)
-	if err != nil {
-		return Stats{}, fmt.Errorf("xds cache update for %s: %w", key, err)
+	preps := make([]prepared, len(updates))
+	for i, u := range updates {
+		if _, err := node.ParseKind(string(u.Kind)); err != nil {
+			return Stats{}, fmt.Errorf("xds cache update: %w", err)
+		}
+		key := viewKey{kind: u.Kind, view: u.View}
+		if u.Resources == nil {
+			return Stats{}, fmt.Errorf("xds cache update for %s: resources are nil", key)
+		}
+		for _, p := range preps[:i] {
+			if p.key == key {
+				return Stats{}, fmt.Errorf("xds cache update for %s: given twice", key)
+			}
+		}
+		in, err := prepareAll(u.Resources)
+		if err != nil {
+			return Stats{}, fmt.Errorf("xds cache update for %s: %w", key, err)
+		}
+		preps[i] = prepared{key: key, in: in}
 	}
 
 	c.updateMu.Lock()
 	defer c.updateMu.Unlock()
 
+	states := make([]*kindState, len(preps))
 	c.mu.Lock()
-	ks := c.viewLocked(key)
-	prev := ks.types
+	for i, p := range preps {
+		states[i] = c.viewLocked(p.key)
+	}
 	c.mu.Unlock()
 
-	var (
+	type published struct {
 		next    [numTypes]*typeSnapshot
 		changed [numTypes]map[string]struct{}
 		stats   Stats
-	)
-	for t := range numTypes {
-		next[t], changed[t] = diff(t, prev[t], in[t], &stats, c.nextGen)
+		first   bool
+	}
+	out := make([]published, len(preps))
+	var stats Stats
+	for i, p := range preps {
+		// Only this goroutine, holding updateMu, changes ks.types.
+		prev := states[i].types
+		for t := range numTypes {
+			out[i].next[t], out[i].changed[t] = diff(t, prev[t], p.in[t], &out[i].stats, c.nextGen)
+		}
+		stats.Changed += out[i].stats.Changed
+		stats.Removed += out[i].stats.Removed
 	}
 
 	c.mu.Lock()
-	first := !ks.ready
-	ks.ready = true
-	woken := ks.publishLocked(next, changed, first)
+	var moved map[*watch]bool
+	if of != nil {
+		moved = c.moveLocked(*of)
+	}
+	var wake []woken
+	for i, ks := range states {
+		out[i].first = !ks.ready
+		ks.ready = true
+		wake = append(wake, ks.publishLocked(out[i].next, out[i].changed, out[i].first, moved)...)
+	}
+	// A moved watch is answered as if it had just been opened against its
+	// new view, once that view is complete.
+	for w := range moved {
+		if w.home.ready {
+			wake = append(wake, woken{w: w, ks: w.home, ts: w.home.types[w.t]})
+		}
+	}
+	dropped := 0
+	if of != nil {
+		dropped = c.dropUnusedLocked()
+	}
 	c.mu.Unlock()
 
-	notified := c.fanOut(woken)
-	c.logUpdate("xds cache updated", key, stats, notified, first, start)
+	// The watches answered are counted for the whole publish: one
+	// response can come from several of its updates' changes.
+	notified := c.fanOut(wake)
+	for i, p := range preps {
+		c.logUpdate("xds cache updated", p.key, out[i].stats, notified, out[i].first, start)
+	}
+	if len(moved) > 0 || dropped > 0 {
+		c.log.Info("xds cache views set", "namespaces", len(*of), "moved", len(moved), "dropped", dropped,
+			"notified", notified, "duration", time.Since(start))
+	}
 	return stats, nil
 }
 
@@ -283,11 +359,11 @@ func (c *Cache) nextGen() string {
 	return strconv.FormatUint(c.gen, 10)
 }
 
-// publishLocked makes next what the kind serves and returns the watches
+// publishLocked makes next what the view serves and returns the watches
 // that the changed names concern (every watch if first: watches held
-// before the first build have never been checked). c.mu must be held; the
+// before the first build have never been checked), but those in skip. c.mu must be held; the
 // watches must be answered with fanOut after releasing it.
-func (ks *kindState) publishLocked(next [numTypes]*typeSnapshot, changed [numTypes]map[string]struct{}, first bool) []woken {
+func (ks *kindState) publishLocked(next [numTypes]*typeSnapshot, changed [numTypes]map[string]struct{}, first bool, skip map[*watch]bool) []woken {
 	for t := range numTypes {
 		if next[t] != ks.types[t] {
 			ks.history[t].add(next[t])
@@ -303,6 +379,9 @@ func (ks *kindState) publishLocked(next [numTypes]*typeSnapshot, changed [numTyp
 			continue
 		}
 		for w := range ks.watches[t] {
+			if skip[w] {
+				continue
+			}
 			if scope == nil || w.interested(scope) {
 				out = append(out, woken{w: w, ks: ks, ts: next[t], changed: scope})
 			}
@@ -455,7 +534,7 @@ func (c *Cache) PatchView(kind node.Kind, view string, upsert *translate.Resourc
 	}
 
 	c.mu.Lock()
-	woken := ks.publishLocked(next, changed, false)
+	woken := ks.publishLocked(next, changed, false, nil)
 	c.mu.Unlock()
 
 	notified := c.fanOut(woken)

@@ -2,7 +2,6 @@ package cache
 
 import (
 	"maps"
-	"time"
 
 	"github.com/fjordmesh/fjord/xds/node"
 )
@@ -36,8 +35,8 @@ func (c *Cache) viewKeyLocked(info node.Info) viewKey {
 // namespace to its view, and every namespace it does not name is in
 // DefaultView. Views let proxies be served only what their namespace may
 // see (the controlplane gives each group of namespaces that see the same
-// Services a view): they are filled with UpdateView before SetViews moves
-// any namespace to them, for every kind.
+// Services a view): a view is filled with UpdateView, for every kind,
+// before any namespace is put in it (or in the same Publish).
 //
 // The open watches of a namespace whose view changed move to its new view
 // and are answered as if they had just been opened against it: a
@@ -50,17 +49,20 @@ func (c *Cache) viewKeyLocked(info node.Info) viewKey {
 // that no namespace is in any more, other than DefaultView, are dropped.
 // With of unchanged, SetViews does nothing.
 func (c *Cache) SetViews(of map[string]string) {
-	start := time.Now()
-	c.updateMu.Lock()
-	defer c.updateMu.Unlock()
+	// With no update, publish cannot fail.
+	_, _ = c.publish(nil, &of)
+}
 
-	c.mu.Lock()
+// moveLocked sets the views and moves the registered watches of every
+// namespace whose view changed to their new view, returning them. c.mu and
+// updateMu must be held: no Update answers a watch while its view and
+// history change.
+func (c *Cache) moveLocked(of map[string]string) map[*watch]bool {
 	if maps.Equal(c.viewOf, of) {
-		c.mu.Unlock()
-		return
+		return nil
 	}
 	c.viewOf = maps.Clone(of)
-	var moved []woken
+	moved := map[*watch]bool{}
 	for _, ks := range c.views {
 		for t := range numTypes {
 			for w := range ks.watches[t] {
@@ -75,27 +77,27 @@ func (c *Cache) SetViews(of map[string]string) {
 				w.mu.Lock()
 				w.hist = &to.history[t]
 				w.mu.Unlock()
-				if to.ready {
-					moved = append(moved, woken{w: w, ks: to, ts: to.types[t]})
-				}
+				moved[w] = true
 			}
 		}
 	}
+	return moved
+}
+
+// dropUnusedLocked forgets the views no namespace is in, but DefaultView,
+// and returns how many it dropped. After moveLocked no watch is in one.
+// c.mu must be held.
+func (c *Cache) dropUnusedLocked() int {
 	used := map[string]bool{DefaultView: true}
 	for _, v := range c.viewOf {
 		used[v] = true
 	}
 	dropped := 0
 	for key := range c.views {
-		// Every watch is in its namespace's view now, so none is here.
 		if !used[key.view] {
 			delete(c.views, key)
 			dropped++
 		}
 	}
-	c.mu.Unlock()
-
-	notified := c.fanOut(moved)
-	c.log.Info("xds cache views set", "views", len(used), "namespaces", len(of),
-		"moved", len(moved), "notified", notified, "dropped", dropped, "duration", time.Since(start))
+	return dropped
 }

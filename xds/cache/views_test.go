@@ -184,3 +184,53 @@ func TestViewsMoveDeltaWatches(t *testing.T) {
 		})
 	}
 }
+
+// TestPublishMovesAtOnce: a Service turning private to namespace a leaves
+// the default view and enters a's new view in one Publish. A client in a
+// holds the same set before and after, so it is sent nothing (it never
+// sees the Service vanish and come back); a client in b loses it; and a
+// Publish whose resources fail validation changes nothing at all.
+func TestPublishMovesAtOnce(t *testing.T) {
+	c := cache.New(discardLogger())
+	both := map[string]string{"pub": "10.0.0.1", "priv": "10.0.0.2"}
+	mustUpdate(t, c, node.Envoy, services(both))
+
+	clients := map[string]*deltaClient{}
+	for _, ns := range []string{"a", "b"} {
+		d := newDeltaClient(t, c, node.Envoy, resourcev3.ClusterType, false)
+		d.node = nodeIn(node.Envoy, ns).Node()
+		d.request([]string{"*"}, nil, nil, "")
+		if got := deltaNames(d.receive()); !slices.Equal(got, []string{"priv", "pub"}) {
+			t.Fatalf("namespace %s first got %v", ns, got)
+		}
+		d.ack()
+		clients[ns] = d
+	}
+
+	bad := services(map[string]string{"pub": "10.0.0.1"})
+	bad.Clusters[0].ConnectTimeout.Seconds = -1
+	if _, err := c.Publish([]cache.ViewUpdate{
+		{Kind: node.Envoy, View: cache.DefaultView, Resources: services(map[string]string{"pub": "10.0.0.1"})},
+		{Kind: node.Envoy, View: "x", Resources: bad},
+	}, map[string]string{"a": "x"}); err == nil {
+		t.Fatal("Publish with an invalid cluster succeeded")
+	}
+	clients["a"].none()
+	clients["b"].none()
+
+	st, err := c.Publish([]cache.ViewUpdate{
+		{Kind: node.Envoy, View: cache.DefaultView, Resources: services(map[string]string{"pub": "10.0.0.1"})},
+		{Kind: node.Envoy, View: "x", Resources: services(both)},
+	}, map[string]string{"a": "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Removed != 2 {
+		t.Errorf("stats %+v, want the default view's cluster and load assignment removed", st)
+	}
+	clients["a"].none()
+	out := clients["b"].receive()
+	if len(out.GetResources()) != 0 || !slices.Equal(out.GetRemovedResources(), []string{"priv"}) {
+		t.Errorf("namespace b got %v, removed %v; want only priv removed", deltaNames(out), out.GetRemovedResources())
+	}
+}
