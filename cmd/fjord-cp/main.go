@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/go-logr/logr"
@@ -26,6 +28,7 @@ import (
 	"github.com/fjordmesh/fjord/controlplane"
 	"github.com/fjordmesh/fjord/policy"
 	"github.com/fjordmesh/fjord/watcher"
+	"github.com/fjordmesh/fjord/watcher/model"
 )
 
 func main() {
@@ -61,6 +64,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.Identity.ServiceAccount, "service-account", controlplane.DefaultServiceAccount, "the control plane's service account (in --namespace): its own SPIFFE ID")
 	fs.StringVar(&cfg.MonitoringAddress, "monitoring-address", "127.0.0.1:15014", "listen address of /healthz, /readyz, /metrics and /debug/")
 	fs.StringVar(&cfg.MeshNamespace, "namespace", policy.DefaultMeshNamespace, "the control plane's namespace: policies there without targetRefs are mesh-wide defaults")
+	fs.Var((*exportToFlag)(&cfg.DefaultExportTo), "default-export-to", `which namespaces' proxies may see a Service without the fjord.dev/export-to annotation, comma-separated: "*" (every namespace), "." (the Service's own) or namespace names; "." makes Services private to their namespace unless they say otherwise`)
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.DurationVar(&cfg.HoldOff, "debounce", watcher.DefaultHoldOff, "how long config changes must be quiet before a rebuild")
 	fs.DurationVar(&cfg.EndpointHoldOff, "endpoint-debounce", watcher.DefaultEndpointHoldOff, "how long changes to endpoints only (EndpointSlices, pods) must be quiet before a rebuild; default capped at --debounce")
@@ -113,6 +117,29 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	cfg.Log.Info("stopped")
 	return 0
+}
+
+// exportToFlag is --default-export-to: a list in model.ParseExportTo's
+// form, nil for every namespace (the default, "*").
+type exportToFlag []string
+
+func (f *exportToFlag) String() string {
+	if f == nil || len(*f) == 0 {
+		return model.ExportAll
+	}
+	return strings.Join(*f, ",")
+}
+
+func (f *exportToFlag) Set(v string) error {
+	list, err := model.ParseExportTo(v)
+	if err != nil {
+		return err
+	}
+	if slices.Contains(list, model.ExportAll) {
+		list = nil
+	}
+	*f = list
+	return nil
 }
 
 // checkMode checks that the flags make one mode: --config-dir with

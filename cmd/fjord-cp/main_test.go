@@ -61,6 +61,8 @@ func TestFlagErrors(t *testing.T) {
 			"--ca-issuer cert-manager needs --ca-issuer-ref"},
 		"bad issuer ref": {[]string{"--kubeconfig", "k", "--ca-issuer", "cert-manager", "--ca-issuer-ref", "Secret/x"},
 			`--ca-issuer-ref "Secret/x": want Issuer/NAME or ClusterIssuer/NAME`},
+		"bad default export-to": {[]string{"--config-dir", "c", "--data-dir", "d", "--default-export-to", ".,Team_A"},
+			`invalid value ".,Team_A" for flag -default-export-to: entry "Team_A" is neither "*", "." nor a namespace name`},
 		"issuer ref for the built-in CA": {[]string{"--kubeconfig", "k", "--ca-issuer-ref", "Issuer/x"},
 			"--ca-issuer-ref is for --ca-issuer cert-manager"},
 	}
@@ -112,7 +114,9 @@ func TestMissingConfigDirFails(t *testing.T) {
 }
 
 // TestRunsUntilCancelled also sets --debounce below the default
-// --endpoint-debounce, which then follows it down rather than failing.
+// --endpoint-debounce, which then follows it down rather than failing, and
+// makes Services private to their namespace by default, which gives the
+// example's namespace a view of its own.
 func TestRunsUntilCancelled(t *testing.T) {
 	var stderr lockedBuffer
 	ctx, cancel := context.WithCancel(context.Background())
@@ -120,7 +124,7 @@ func TestRunsUntilCancelled(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"--config-dir", filepath.Join("..", "..", "examples", "config"), "--data-dir", t.TempDir(),
 			"--xds-address", "127.0.0.1:0", "--secure-address", "127.0.0.1:0", "--monitoring-address", "127.0.0.1:0", "--log-level", "debug",
-			"--debounce", "2ms"}, &stderr)
+			"--debounce", "2ms", "--default-export-to", "."}, &stderr)
 	}()
 	deadline := time.Now().Add(60 * time.Second)
 	for !strings.Contains(stderr.String(), "config built") {
@@ -135,7 +139,8 @@ func TestRunsUntilCancelled(t *testing.T) {
 	if code := <-done; code != 0 {
 		t.Fatalf("exit code %d after cancel, want 0:\n%s", code, stderr.String())
 	}
-	for _, want := range []string{`msg="xds server listening" addr=127.0.0.1:`, `msg="monitoring server listening" addr=127.0.0.1:`, "msg=stopped"} {
+	for _, want := range []string{`msg="xds server listening" addr=127.0.0.1:`, `msg="monitoring server listening" addr=127.0.0.1:`, "msg=stopped",
+		`msg="xds cache updated" component=xds-cache kind=grpc view=v`} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, stderr.String())
 		}
