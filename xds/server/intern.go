@@ -46,8 +46,6 @@ type interner struct {
 	cur   map[string]string
 	prev  map[string]string
 	limit int
-
-	lists lists
 }
 
 func newInterner(limit int) *interner {
@@ -138,14 +136,37 @@ type nameList struct {
 
 var emptyList = &nameList{set: emptyNames}
 
-// lists is the table of shared name lists, generational like the string
-// table: every Envoy of one kind subscribed to the same thousand load
-// assignments holds one list and one set of them, not a thousand names of
-// its own, and a stream that sends a list another has sent builds no set.
+// sharedLists is the table of shared name lists. Every Envoy of one kind
+// subscribed to the same thousand load assignments holds one list and one
+// set of them, not a thousand names of its own; a stream that sends a list
+// another has sent builds no set; and the codec hands a request naming a
+// list in the table that list instead of decoding its names. It is one per
+// process, because gRPC's codec is chosen with the server options, before
+// any Server exists; lists are compared by content wherever they come
+// from, so servers sharing it cannot mix up theirs.
+var sharedLists lists
+
+// lists is generational like the string table: a list stays while streams
+// keep sending it, and the table holds at most 2 × listLimit names
+// whatever clients send.
 type lists struct {
 	mu        sync.Mutex
-	cur, prev map[uint64][]*nameList
-	size      int // names in cur
+	cur, prev *listGen
+}
+
+// listGen is one generation of lists, indexed three ways: by the addresses
+// of their interned names (list), by how a request encodes them (the
+// codec) and by the address of their slice (a request the codec already
+// gave a shared list).
+type listGen struct {
+	byAddr map[uint64][]*nameList
+	byRaw  map[uint64][]*nameList
+	byData map[*string]*nameList
+	size   int // names
+}
+
+func newListGen() *listGen {
+	return &listGen{byAddr: map[uint64][]*nameList{}, byRaw: map[uint64][]*nameList{}, byData: map[*string]*nameList{}}
 }
 
 // list interns the names of s (in place) and returns the shared list equal
@@ -156,27 +177,30 @@ func (t *interner) list(s []string) *nameList {
 	if len(s) == 0 {
 		return emptyList
 	}
-	t.strings(s)
-	var h maphash.Hash
-	h.SetSeed(listSeed)
-	for _, v := range s {
-		maphash.WriteComparable(&h, unsafe.StringData(v))
-		maphash.WriteComparable(&h, len(v))
+	l := &sharedLists
+	l.mu.Lock()
+	if c := l.byDataLocked(s); c != nil {
+		l.mu.Unlock()
+		return c
 	}
-	key := h.Sum64()
+	l.mu.Unlock()
 
-	l := &t.lists
+	t.strings(s)
+	key := addrKey(s)
+
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, c := range l.cur[key] {
-		if sameStrings(c.names, s) {
-			return c
+	for _, g := range []*listGen{l.cur, l.prev} {
+		if g == nil {
+			continue
 		}
-	}
-	for _, c := range l.prev[key] {
-		if sameStrings(c.names, s) {
-			l.putLocked(key, c)
-			return c
+		for _, c := range g.byAddr[key] {
+			if sameStrings(c.names, s) {
+				if g == l.prev {
+					l.putLocked(key, c)
+				}
+				return c
+			}
 		}
 	}
 	c := &nameList{names: slices.Clone(s), set: make(map[string]struct{}, len(s))}
@@ -191,15 +215,68 @@ func (t *interner) list(s []string) *nameList {
 	return c
 }
 
-func (l *lists) putLocked(key uint64, c *nameList) {
-	if l.cur == nil || l.size+len(c.names) > listLimit {
-		l.prev, l.cur, l.size = l.cur, map[uint64][]*nameList{}, 0
+// byDataLocked returns the list whose slice s is, if any.
+func (l *lists) byDataLocked(s []string) *nameList {
+	p := unsafe.SliceData(s)
+	for _, g := range []*listGen{l.cur, l.prev} {
+		if g == nil {
+			continue
+		}
+		if c := g.byData[p]; c != nil && len(c.names) == len(s) {
+			return c
+		}
 	}
-	l.cur[key] = append(l.cur[key], c)
-	l.size += len(c.names)
+	return nil
+}
+
+// byRaw returns the list a request's encoded resource_names (run, with
+// rawKey key) name, or nil.
+func (l *lists) byRaw(key uint64, run []byte) *nameList {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, g := range []*listGen{l.cur, l.prev} {
+		if g == nil {
+			continue
+		}
+		for _, c := range g.byRaw[key] {
+			if encodesAs(run, c.names) {
+				if g == l.prev {
+					l.putLocked(addrKey(c.names), c)
+				}
+				return c
+			}
+		}
+	}
+	return nil
+}
+
+// putLocked adds c, under its address key, to the current generation,
+// starting a new one when it is full.
+func (l *lists) putLocked(key uint64, c *nameList) {
+	if l.cur == nil || l.cur.size+len(c.names) > listLimit {
+		l.prev, l.cur = l.cur, newListGen()
+	}
+	g := l.cur
+	g.byAddr[key] = append(g.byAddr[key], c)
+	raw := rawKeyOf(c.names)
+	g.byRaw[raw] = append(g.byRaw[raw], c)
+	g.byData[unsafe.SliceData(c.names)] = c
+	g.size += len(c.names)
 }
 
 var listSeed = maphash.MakeSeed()
+
+// addrKey is the key of a list of interned names: a hash of their
+// addresses and lengths.
+func addrKey(s []string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(listSeed)
+	for _, v := range s {
+		maphash.WriteComparable(&h, unsafe.StringData(v))
+		maphash.WriteComparable(&h, len(v))
+	}
+	return h.Sum64()
+}
 
 // sameStrings reports whether a and b hold the same strings, by address.
 func sameStrings(a, b []string) bool {

@@ -83,8 +83,13 @@ func (s *Server) Close() {
 // proxy with GOAWAY "too_many_pings". There is no maximum connection age:
 // every reconnect costs a resync, and one control plane instance gains
 // nothing from rebalancing.
+//
+// Requests are decoded with codec, which hands a state-of-the-world request
+// naming a list of resources some stream has sent before the shared copy of
+// that list instead of decoding it again.
 func GRPCOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(newCodec()),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             10 * time.Second,
 			PermitWithoutStream: true,

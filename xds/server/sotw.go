@@ -3,6 +3,7 @@ package server
 import (
 	"slices"
 	"strconv"
+	"unsafe"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -161,7 +162,7 @@ func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest) error {
 		t.list = s.p.s.names.list(names)
 		t.sub = newSubscription(len(names) == 0, legacyWildcard(typeURL), nil)
 		t.sub.setSotw(names, t.list.set, t.list.wildcard)
-	case slices.Equal(names, t.list.names):
+	case sameList(names, t.list.names):
 		// An ACK naming what the last request named: nothing to rebuild.
 	default:
 		t.list = s.p.s.names.list(names)
@@ -178,6 +179,15 @@ func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest) error {
 	}
 	t.cancel = cancel
 	return nil
+}
+
+// sameList reports whether a request's names are list's; the codec may
+// have given the request list itself.
+func sameList(names, list []string) bool {
+	if len(names) != len(list) {
+		return false
+	}
+	return len(names) == 0 || unsafe.SliceData(names) == unsafe.SliceData(list) || slices.Equal(names, list)
 }
 
 // drain sends every response already queued.
