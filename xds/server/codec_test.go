@@ -39,7 +39,7 @@ func TestCodecSharesKnownLists(t *testing.T) {
 	shared := in.list(append([]string(nil), names...))
 
 	ack := &discoveryv3.DiscoveryRequest{
-		Node: node.Info{Namespace: "demo", Workload: "web", ServiceAccount: "web", Kind: node.Envoy}.Node(),
+		Node:        node.Info{Namespace: "demo", Workload: "web", ServiceAccount: "web", Kind: node.Envoy}.Node(),
 		VersionInfo: "v1", ResourceNames: names, TypeUrl: resourcev3.EndpointType, ResponseNonce: "7",
 		ErrorDetail: &statuspb.Status{Code: 3, Message: "rejected"},
 	}
