@@ -46,10 +46,11 @@ type builder struct {
 	// snap and mesh are the last snapshot built and its mesh, nil when the
 	// next build must take the full path (none yet, or the last one failed
 	// part way, leaving the cache's kinds at different snapshots). views
-	// are mesh's views, which the cache serves.
-	snap  *model.Snapshot
-	mesh  *policy.Mesh
-	views policy.Views
+	// are mesh's views, which the cache serves, and viewNames their names.
+	snap      *model.Snapshot
+	mesh      *policy.Mesh
+	views     policy.Views
+	viewNames []string
 	// servers counts, per view and server listener name, the entries of
 	// translate.ServerAddresses over every port of mesh the view sees that
 	// call for it; nil until the first fast build computes it.
@@ -79,9 +80,10 @@ func (b *builder) build(snap *model.Snapshot) (buildResult, error) {
 		return res, nil
 	}
 	mesh := policy.Resolve(snap, policy.Options{MeshNamespace: b.meshNS, LastAccepted: b.lastAccepted, DefaultExportTo: b.exportTo})
-	views := policy.ViewsOf(mesh.Services)
+	views := policy.ViewsOf(mesh.Exports)
+	names := views.Names()
 	var updates []cache.ViewUpdate
-	for _, view := range views.Names() {
+	for _, view := range names {
 		vm := views.Mesh(mesh, view)
 		for _, kind := range node.Kinds {
 			updates = append(updates, cache.ViewUpdate{Kind: kind, View: view, Resources: translate.Translate(vm, kind, b.opts)})
@@ -95,11 +97,13 @@ func (b *builder) build(snap *model.Snapshot) (buildResult, error) {
 		return buildResult{}, err
 	}
 	b.lastAccepted = mesh.Accepted
-	b.snap, b.mesh, b.views, b.servers = snap, mesh, views, nil
+	b.snap, b.mesh, b.views, b.viewNames, b.servers = snap, mesh, views, names, nil
 	return buildResult{mesh: mesh, stats: stats}, nil
 }
 
-func (b *builder) reset() { b.snap, b.mesh, b.views, b.servers = nil, nil, policy.Views{}, nil }
+func (b *builder) reset() {
+	b.snap, b.mesh, b.views, b.viewNames, b.servers = nil, nil, policy.Views{}, nil, nil
+}
 
 // endpointsOnly reports whether next differs from prev in its
 // EndpointSlices alone. Resolution of everything but the ports' endpoints
@@ -118,7 +122,7 @@ func (b *builder) fastBuild(snap *model.Snapshot) (buildResult, error) {
 	mesh, ports := withEndpoints(b.mesh, snap.EndpointSlices, affected)
 	if b.servers == nil {
 		b.servers = map[string]map[string]int{}
-		for _, view := range b.views.Names() {
+		for _, view := range b.viewNames {
 			b.servers[view] = serverCounts(b.mesh, b.views, view)
 		}
 	}
@@ -130,7 +134,7 @@ func (b *builder) fastBuild(snap *model.Snapshot) (buildResult, error) {
 		endpoints[i] = translate.PortLoadAssignment(p.svc, p.next)
 	}
 	var stats cache.Stats
-	for _, view := range b.views.Names() {
+	for _, view := range b.viewNames {
 		vports, veps := ports, endpoints
 		if len(b.views.Of) > 0 {
 			vports, veps = nil, nil

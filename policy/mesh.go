@@ -22,6 +22,9 @@ type Mesh struct {
 	// parentRef to a Service (the parents the mesh is responsible for),
 	// sorted by key, then kind.
 	RouteStatuses []RouteStatus `json:"routeStatuses,omitempty"`
+	// Exports lists the Services not every namespace may see, sorted by
+	// key; empty when every Service is visible everywhere.
+	Exports []Export `json:"exports,omitempty"`
 }
 
 // Service is a Service with its resolved ports.
@@ -31,11 +34,17 @@ type Service struct {
 	// ServiceAccounts are the service accounts the Service declares (see
 	// model.Service.ServiceAccounts), sorted.
 	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
-	// ExportTo lists the namespaces whose proxies may see the Service
-	// besides its own (see CanSee): the Service's model.Service.ExportTo,
-	// or Options.DefaultExportTo when it has none, sorted. Nil when every
-	// namespace may.
-	ExportTo []string `json:"exportTo,omitempty"`
+}
+
+// Export is a Service that not every namespace may see, and the
+// namespaces whose proxies may see it besides its own (see CanSee): its
+// model.Service.ExportTo, or Options.DefaultExportTo when it has none,
+// sorted. It is kept apart from Service so that a mesh where every Service
+// is visible everywhere carries nothing for it, and the endpoint fast
+// path copies no more than before.
+type Export struct {
+	Service model.Key `json:"service"`
+	To      []string  `json:"to"`
 }
 
 // Port is one Service port, ready for translation.

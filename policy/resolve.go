@@ -92,6 +92,8 @@ func Resolve(in *model.Snapshot, opts Options) *Mesh {
 	r.compete(states)
 
 	m := &Mesh{Services: r.resolveServices(in)}
+	m.Exports = r.exports
+	slices.SortFunc(m.Exports, func(a, b Export) int { return compareKeys(a.Service, b.Service) })
 	r.resolveRoutes(in, m)
 	for _, st := range states {
 		if st.used != nil {
@@ -113,8 +115,9 @@ type lossKey struct {
 // resolver holds what one Resolve call has learnt about the snapshot.
 type resolver struct {
 	meshNS string
-	// exportTo is Options.DefaultExportTo.
+	// exportTo is Options.DefaultExportTo; exports collects Mesh.Exports.
 	exportTo []string
+	exports  []Export
 	services map[model.Key]*model.Service
 	winners  map[target]*policyState
 	lostTo   map[lossKey]*policyState
@@ -250,8 +253,10 @@ func (r *resolver) resolveServices(in *model.Snapshot) []Service {
 	out := make([]Service, 0, len(in.Services))
 	for i := range in.Services {
 		s := &in.Services[i]
-		svc := Service{Key: s.Key, Ports: make([]Port, 0, len(s.Ports)), ServiceAccounts: slices.Clone(s.ServiceAccounts),
-			ExportTo: exportTo(s, r.exportTo)}
+		svc := Service{Key: s.Key, Ports: make([]Port, 0, len(s.Ports)), ServiceAccounts: slices.Clone(s.ServiceAccounts)}
+		if to := exportTo(s, r.exportTo); to != nil {
+			r.exports = append(r.exports, Export{Service: s.Key, To: to})
+		}
 		for _, sp := range s.Ports {
 			layers := r.layers(s.Key, sp.Name)
 			id := stackID(layers)
@@ -426,8 +431,8 @@ func compareKeys(a, b model.Key) int {
 	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 }
 
-// exportTo is the ExportTo of s's resolved Service: its own list, or the
-// default, with every namespace as nil.
+// exportTo is the list of s's Export: its own, or the default; nil when
+// every namespace may see s.
 func exportTo(s *model.Service, def []string) []string {
 	list := s.ExportTo
 	if list == nil {

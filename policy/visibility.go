@@ -9,16 +9,17 @@ import (
 )
 
 // DefaultView is the view of every namespace that may see no restricted
-// Service (one whose ExportTo is not every namespace): the namespaces Views
-// does not name, and any namespace the control plane has never heard of.
+// Service (one with an Export, not visible to every namespace): the
+// namespaces Views does not name, and any namespace the control plane has
+// never heard of.
 const DefaultView = ""
 
 // CanSee is the visibility rule, Istio's exportTo: a proxy in namespace ns
-// may see s when s is in ns, or s is exported to every namespace or to ns.
-// A proxy is sent only the Services it may see, with their policies and
-// routes.
-func CanSee(ns string, s *Service) bool {
-	return len(s.ExportTo) == 0 || s.Namespace == ns || slices.Contains(s.ExportTo, ns)
+// may see a Service when it is in ns, or exported to every namespace (it
+// has no Export) or to ns. e is the Service's Export, nil for none. A proxy
+// is sent only the Services it may see, with their policies and routes.
+func CanSee(ns string, svc model.Key, e *Export) bool {
+	return e == nil || svc.Namespace == ns || slices.Contains(e.To, ns)
 }
 
 // Views groups namespaces by what they may see, so that the mesh is
@@ -37,26 +38,22 @@ type Views struct {
 	restricted map[model.Key]bool
 }
 
-// ViewsOf computes the views of a resolved mesh's Services. A view's name
-// is a hash of the restricted Services it may see, so a namespace keeps
-// its view, and its proxies their stream's view, across builds as long as
-// what it may see does not change.
-func ViewsOf(services []Service) Views {
+// ViewsOf computes the views of a resolved mesh from its Exports (sorted
+// by key). A view's name is a hash of the restricted Services it may see,
+// so a namespace keeps its view, and its proxies their stream's view,
+// across builds as long as what it may see does not change.
+func ViewsOf(exports []Export) Views {
 	var v Views
 	visible := map[string][]model.Key{}
-	for i := range services {
-		s := &services[i]
-		if len(s.ExportTo) == 0 {
-			continue
-		}
+	for _, e := range exports {
 		if v.restricted == nil {
 			v.restricted = map[model.Key]bool{}
 		}
-		v.restricted[s.Key] = true
-		visible[s.Namespace] = append(visible[s.Namespace], s.Key)
-		for _, ns := range s.ExportTo {
-			if ns != s.Namespace {
-				visible[ns] = append(visible[ns], s.Key)
+		v.restricted[e.Service] = true
+		visible[e.Service.Namespace] = append(visible[e.Service.Namespace], e.Service)
+		for _, ns := range e.To {
+			if ns != e.Service.Namespace {
+				visible[ns] = append(visible[ns], e.Service)
 			}
 		}
 	}
@@ -66,7 +63,7 @@ func ViewsOf(services []Service) Views {
 	v.Of = make(map[string]string, len(visible))
 	v.sees = map[string]map[model.Key]bool{}
 	for ns, keys := range visible {
-		// Services are sorted by key, so keys are too.
+		// Exports are sorted by key, so keys are too.
 		name := viewName(keys)
 		v.Of[ns] = name
 		if v.sees[name] == nil {
@@ -113,7 +110,7 @@ func (v Views) Sees(view string, key model.Key) bool {
 // such a Service. For these proxies a backend they may not see is an
 // unresolved backend, as docs/routes.md describes: its share goes to the
 // rule's other backends, and a rule left with none answers 500. Statuses
-// are m's: a route's status speaks for the whole mesh. m is not modified;
+// and Exports are m's: a route's status speaks for the whole mesh. m is not modified;
 // what the view does not change is shared with it, and with no restricted
 // Service m itself is returned.
 func (v Views) Mesh(m *Mesh, view string) *Mesh {

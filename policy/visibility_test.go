@@ -8,26 +8,47 @@ import (
 	"github.com/fjordmesh/fjord/watcher/model"
 )
 
-func svc(ns, name string, exportTo ...string) Service {
-	return Service{Key: model.Key{Namespace: ns, Name: name}, Ports: []Port{{Port: 80}}, ExportTo: exportTo}
+func svc(ns, name string) Service {
+	return Service{Key: model.Key{Namespace: ns, Name: name}, Ports: []Port{{Port: 80}}}
+}
+
+// export is the Export of Service ns/name to the namespaces to; nil (every
+// namespace) without any.
+func export(ns, name string, to ...string) *Export {
+	if len(to) == 0 {
+		return nil
+	}
+	return &Export{Service: model.Key{Namespace: ns, Name: name}, To: to}
+}
+
+// exportsOf lists the Exports that are not nil.
+func exportsOf(es ...*Export) []Export {
+	var out []Export
+	for _, e := range es {
+		if e != nil {
+			out = append(out, *e)
+		}
+	}
+	return out
 }
 
 func TestCanSee(t *testing.T) {
+	s := model.Key{Namespace: "a", Name: "s"}
 	tests := map[string]struct {
 		ns   string
-		svc  Service
+		e    *Export
 		want bool
 	}{
-		"every namespace":           {ns: "b", svc: svc("a", "s"), want: true},
-		"own namespace":             {ns: "a", svc: svc("a", "s", "a"), want: true},
-		"own namespace, not listed": {ns: "a", svc: svc("a", "s", "web"), want: true},
-		"listed":                    {ns: "web", svc: svc("a", "s", "a", "web"), want: true},
-		"not listed":                {ns: "b", svc: svc("a", "s", "a", "web"), want: false},
+		"every namespace":           {ns: "b", e: nil, want: true},
+		"own namespace":             {ns: "a", e: export("a", "s", "a"), want: true},
+		"own namespace, not listed": {ns: "a", e: export("a", "s", "web"), want: true},
+		"listed":                    {ns: "web", e: export("a", "s", "a", "web"), want: true},
+		"not listed":                {ns: "b", e: export("a", "s", "a", "web"), want: false},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := CanSee(tc.ns, &tc.svc); got != tc.want {
-				t.Errorf("CanSee(%q, %v) = %v, want %v", tc.ns, tc.svc.ExportTo, got, tc.want)
+			if got := CanSee(tc.ns, s, tc.e); got != tc.want {
+				t.Errorf("CanSee(%q, %+v) = %v, want %v", tc.ns, tc.e, got, tc.want)
 			}
 		})
 	}
@@ -36,7 +57,7 @@ func TestCanSee(t *testing.T) {
 func TestViewsOf(t *testing.T) {
 	k := func(ns, name string) model.Key { return model.Key{Namespace: ns, Name: name} }
 	tests := map[string]struct {
-		services []Service
+		services []*Export // one per Service, nil for every namespace
 		// want maps each namespace named in Of to the restricted Services
 		// its view sees; groups lists namespaces that must share a view.
 		want   map[string][]model.Key
@@ -44,23 +65,23 @@ func TestViewsOf(t *testing.T) {
 		views  int
 	}{
 		"nothing restricted": {
-			services: []Service{svc("a", "s"), svc("b", "t")},
+			services: []*Export{nil, nil},
 			want:     map[string][]model.Key{},
 			views:    1,
 		},
 		"private to its namespace": {
-			services: []Service{svc("a", "priv", "a"), svc("a", "pub"), svc("b", "t")},
+			services: []*Export{export("a", "priv", "a"), nil, nil},
 			want:     map[string][]model.Key{"a": {k("a", "priv")}},
 			views:    2,
 		},
 		"same Services, same view": {
-			services: []Service{svc("a", "priv", "a", "web")},
+			services: []*Export{export("a", "priv", "a", "web")},
 			want:     map[string][]model.Key{"a": {k("a", "priv")}, "web": {k("a", "priv")}},
 			groups:   [][]string{{"a", "web"}},
 			views:    2,
 		},
 		"different Services, different views": {
-			services: []Service{svc("a", "one", "a"), svc("a", "two", "b"), svc("c", "three", "a", "b")},
+			services: []*Export{export("a", "one", "a"), export("a", "two", "b"), export("c", "three", "a", "b")},
 			want: map[string][]model.Key{
 				"a": {k("a", "one"), k("a", "two"), k("c", "three")},
 				"b": {k("a", "two"), k("c", "three")},
@@ -71,12 +92,13 @@ func TestViewsOf(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			v := ViewsOf(tc.services)
+			exports := exportsOf(tc.services...)
+			v := ViewsOf(exports)
 			got := map[string][]model.Key{}
 			for ns, view := range v.Of {
-				for _, s := range tc.services {
-					if len(s.ExportTo) > 0 && v.Sees(view, s.Key) {
-						got[ns] = append(got[ns], s.Key)
+				for _, e := range exports {
+					if v.Sees(view, e.Service) {
+						got[ns] = append(got[ns], e.Service)
 					}
 				}
 			}
@@ -93,14 +115,17 @@ func TestViewsOf(t *testing.T) {
 			if n := len(v.Names()); n != tc.views || v.Names()[0] != DefaultView {
 				t.Errorf("views %q, want %d starting with the default view", v.Names(), tc.views)
 			}
-			// Every namespace the views do not name sees the unrestricted
-			// Services only, and so does the default view.
-			for _, s := range tc.services {
-				if got, want := v.Sees(DefaultView, s.Key), len(s.ExportTo) == 0; got != want {
-					t.Errorf("default view sees %s: %v, want %v", s.Key, got, want)
+			// The default view, and every namespace the views do not
+			// name, sees no restricted Service; every namespace sees what
+			// CanSee says.
+			for _, e := range exports {
+				if v.Sees(DefaultView, e.Service) || v.Sees(v.Of["elsewhere"], e.Service) {
+					t.Errorf("the default view sees restricted %s", e.Service)
 				}
-				if got, want := v.Sees(v.Of["elsewhere"], s.Key), CanSee("elsewhere", &s); got != want {
-					t.Errorf("an unnamed namespace sees %s: %v, want %v", s.Key, got, want)
+				for _, ns := range []string{"a", "b", "c", "web", "elsewhere"} {
+					if got, want := v.Sees(v.Of[ns], e.Service), CanSee(ns, e.Service, &e); got != want {
+						t.Errorf("namespace %s's view sees %s: %v, CanSee says %v", ns, e.Service, got, want)
+					}
 				}
 			}
 		})
@@ -121,8 +146,8 @@ func TestViewsMesh(t *testing.T) {
 		},
 		{Backends: []Backend{{Service: model.Key{Namespace: "a", Name: "front"}, Port: 80, Weight: 1}}},
 	}
-	m := &Mesh{Services: []Service{svc("a", "canary", "a"), front, svc("b", "other")}}
-	v := ViewsOf(m.Services)
+	m := &Mesh{Services: []Service{svc("a", "canary"), front, svc("b", "other")}, Exports: exportsOf(export("a", "canary", "a"))}
+	v := ViewsOf(m.Exports)
 
 	if got := v.Mesh(m, v.Of["a"]); !cmp.Equal(got, m) {
 		t.Errorf("namespace a sees everything, got a different mesh:\n%s", cmp.Diff(m, got))
@@ -137,7 +162,7 @@ func TestViewsMesh(t *testing.T) {
 		{From: &RouteSource{Key: model.Key{Namespace: "a", Name: "only-canary"}}, DirectStatus: 500},
 		{Backends: []Backend{{Service: model.Key{Namespace: "a", Name: "front"}, Port: 80, Weight: 1}}},
 	}
-	want := &Mesh{Services: []Service{wantFront, svc("b", "other")}}
+	want := &Mesh{Services: []Service{wantFront, svc("b", "other")}, Exports: m.Exports}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("namespace b's mesh (-want +got):\n%s", diff)
 	}
@@ -157,23 +182,20 @@ func TestResolveExportTo(t *testing.T) {
 		{Key: model.Key{Namespace: "a", Name: "everyone"}, Ports: []model.ServicePort{{Port: 80}}, ExportTo: []string{model.ExportAll}},
 		{Key: model.Key{Namespace: "a", Name: "listed"}, Ports: []model.ServicePort{{Port: 80}}, ExportTo: []string{"a", "web"}},
 	}}
+	absent, listed := model.Key{Namespace: "a", Name: "absent"}, model.Key{Namespace: "a", Name: "listed"}
 	tests := map[string]struct {
 		def  []string
-		want [][]string
+		want []Export
 	}{
-		"default every namespace": {def: nil, want: [][]string{nil, nil, {"a", "web"}}},
-		"default own namespace":   {def: []string{model.ExportOwn}, want: [][]string{{"a"}, nil, {"a", "web"}}},
-		"default named":           {def: []string{"ops", model.ExportOwn}, want: [][]string{{"a", "ops"}, nil, {"a", "web"}}},
+		"default every namespace": {def: nil, want: []Export{{listed, []string{"a", "web"}}}},
+		"default own namespace":   {def: []string{model.ExportOwn}, want: []Export{{absent, []string{"a"}}, {listed, []string{"a", "web"}}}},
+		"default named":           {def: []string{"ops", model.ExportOwn}, want: []Export{{absent, []string{"a", "ops"}}, {listed, []string{"a", "web"}}}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			m := Resolve(in, Options{DefaultExportTo: tc.def})
-			var got [][]string
-			for _, s := range m.Services {
-				got = append(got, s.ExportTo)
-			}
-			if diff := cmp.Diff(tc.want, got); diff != "" {
-				t.Errorf("ExportTo (-want +got):\n%s", diff)
+			if diff := cmp.Diff(tc.want, m.Exports); diff != "" {
+				t.Errorf("Exports (-want +got):\n%s", diff)
 			}
 		})
 	}

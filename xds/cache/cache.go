@@ -450,6 +450,10 @@ func (c *Cache) logUpdate(msg string, key viewKey, stats Stats, notified int, fi
 	if stats != (Stats{}) || first {
 		level = slog.LevelInfo
 	}
+	if !c.log.Enabled(context.Background(), level) {
+		// Spares the endpoint fast path boxing the arguments.
+		return
+	}
 	c.log.Log(context.Background(), level, msg, "kind", key.kind, "view", key.view,
 		"changed", stats.Changed, "removed", stats.Removed, "notified", notified,
 		"duration", time.Since(start))
