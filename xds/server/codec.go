@@ -2,6 +2,7 @@ package server
 
 import (
 	"hash/maphash"
+	"sync"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/encoding"
@@ -41,9 +42,35 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return c.CodecV2.Unmarshal(data, v)
 	}
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-	defer buf.Free()
-	b := buf.ReadOnlyData()
+	if len(data) == 1 {
+		return unmarshalRequest(data[0].ReadOnlyData(), req)
+	}
+	// A request of a thousand names spans several HTTP/2 frames, so it
+	// must be joined first. gRPC's buffer pool clears every buffer it
+	// hands out, which cost more than the decoding spared here; this pool
+	// does not, since the whole buffer is overwritten, and decoding keeps
+	// nothing of it (protobuf copies every string it decodes).
+	n := data.Len()
+	bp := joinBuffers.Get().(*[]byte)
+	if cap(*bp) < n {
+		*bp = make([]byte, n)
+	}
+	b := (*bp)[:n]
+	data.CopyTo(b)
+	err := unmarshalRequest(b, req)
+	if cap(b) <= maxJoinBuffer {
+		joinBuffers.Put(bp)
+	}
+	return err
+}
+
+// maxJoinBuffer is the largest buffer joinBuffers keeps: a request naming
+// several thousand resources.
+const maxJoinBuffer = 1 << 20
+
+var joinBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+func unmarshalRequest(b []byte, req *discoveryv3.DiscoveryRequest) error {
 	if unmarshalShared(b, req) {
 		return nil
 	}
@@ -117,35 +144,22 @@ func rawKey(n, size int, first, last []byte) uint64 {
 	return h.Sum64()
 }
 
-// rawKeyOf is rawKey of a list as a request encodes it.
-func rawKeyOf(names []string) uint64 {
+// encodeNames is names as a request encodes them: what a request naming
+// them carries, byte for byte, in its run of resource_names.
+func encodeNames(names []string) []byte {
 	size := 0
 	for _, s := range names {
 		size += protowire.SizeTag(resourceNamesField) + protowire.SizeBytes(len(s))
 	}
-	var h maphash.Hash
-	h.SetSeed(rawSeed)
-	maphash.WriteComparable(&h, len(names))
-	maphash.WriteComparable(&h, size)
-	h.WriteString(names[0])
-	h.WriteByte(0)
-	h.WriteString(names[len(names)-1])
-	return h.Sum64()
+	b := make([]byte, 0, size)
+	for _, s := range names {
+		b = protowire.AppendTag(b, resourceNamesField, protowire.BytesType)
+		b = protowire.AppendString(b, s)
+	}
+	return b
 }
 
-// encodesAs reports whether run, a request's encoded resource_names, are
-// names.
-func encodesAs(run []byte, names []string) bool {
-	for _, s := range names {
-		_, _, tl := protowire.ConsumeTag(run)
-		if tl < 0 {
-			return false
-		}
-		v, vl := protowire.ConsumeBytes(run[tl:])
-		if vl < 0 || string(v) != s {
-			return false
-		}
-		run = run[tl+vl:]
-	}
-	return len(run) == 0
+// rawKeyOf is rawKey of a list's encoded names.
+func rawKeyOf(c *nameList) uint64 {
+	return rawKey(len(c.names), len(c.raw), []byte(c.names[0]), []byte(c.names[len(c.names)-1]))
 }

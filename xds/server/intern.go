@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"hash/maphash"
 	"slices"
 	"strings"
@@ -132,6 +133,10 @@ type nameList struct {
 	names    []string
 	set      map[string]struct{}
 	wildcard bool
+	// raw is names as a request encodes them (see encodeNames), once the
+	// list is in the table: what the codec compares a request's names
+	// with.
+	raw []byte
 }
 
 var emptyList = &nameList{set: emptyNames}
@@ -239,7 +244,7 @@ func (l *lists) byRaw(key uint64, run []byte) *nameList {
 			continue
 		}
 		for _, c := range g.byRaw[key] {
-			if encodesAs(run, c.names) {
+			if bytes.Equal(run, c.raw) {
 				if g == l.prev {
 					l.putLocked(addrKey(c.names), c)
 				}
@@ -258,7 +263,10 @@ func (l *lists) putLocked(key uint64, c *nameList) {
 	}
 	g := l.cur
 	g.byAddr[key] = append(g.byAddr[key], c)
-	raw := rawKeyOf(c.names)
+	if c.raw == nil {
+		c.raw = encodeNames(c.names)
+	}
+	raw := rawKeyOf(c)
 	g.byRaw[raw] = append(g.byRaw[raw], c)
 	g.byData[unsafe.SliceData(c.names)] = c
 	g.size += len(c.names)
