@@ -140,7 +140,7 @@ func TestRunsUntilCancelled(t *testing.T) {
 		t.Fatalf("exit code %d after cancel, want 0:\n%s", code, stderr.String())
 	}
 	for _, want := range []string{`msg="xds server listening" addr=127.0.0.1:`, `msg="monitoring server listening" addr=127.0.0.1:`, "msg=stopped",
-		`msg="xds cache updated" component=xds-cache kind=grpc view=v`} {
+		`msg="xds cache view updated" component=xds-cache kind=grpc view=v`} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, stderr.String())
 		}
