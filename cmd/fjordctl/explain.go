@@ -44,9 +44,12 @@ func newExplain() *cobra.Command {
 		Short: "Print a Service's effective policy per port, field by field, with the policy and level each value came from",
 		Long: `Prints, for each port of the Service, every field of the effective
 resilience policy with the policy (namespace/name) and the attachment level
-(port, service, namespace, mesh) it came from, followed by the policies that
-target the Service, its namespace or the mesh but are not in effect
-(Conflicted, Invalid, TargetNotFound) and why.
+(port, service, namespace, mesh) it came from, the namespaces that may see
+the Service when its fjord.dev/export-to annotation restricts them (a
+Service without it follows fjord-cp's --default-export-to, which is not
+shown), and the
+policies that target the Service, its namespace or the mesh but are not in
+effect (Conflicted, Invalid, TargetNotFound) and why.
 
 The input is read from a standalone control plane (--monitoring-address) or
 from a cluster (--kubeconfig); either way it is resolved here, with the same
@@ -216,6 +219,15 @@ func explainService(w io.Writer, mesh *policy.Mesh, key model.Key, port, meshNS 
 		for _, s := range p.Sources {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", s.Path, values[s.Path], s.Policy, s.Level)
 		}
+	}
+	if e := slices.IndexFunc(mesh.Exports, func(e policy.Export) bool { return e.Service == key }); e >= 0 {
+		to := mesh.Exports[e].To
+		if !slices.Contains(to, key.Namespace) {
+			to = append(slices.Clone(to), key.Namespace)
+			slices.Sort(to)
+		}
+		fmt.Fprintln(tw)
+		fmt.Fprintf(tw, "Visible only to proxies in namespaces %s (%s).\n", strings.Join(to, ", "), watcher.AnnotationExportTo)
 	}
 	var only []string // the port names asked for; nil for every port
 	if port != "" {
