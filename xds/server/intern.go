@@ -26,12 +26,13 @@ const internMaxLen = 256
 // requests carry, so that the thousand sidecars subscribing to the same
 // thousand load assignments share one copy of each name.
 //
-// go-control-plane keeps the names of a stream's latest request twice: as
-// the keys of the subscription set, and in the request itself, which the
-// cache's watch holds until the next one. Each request arrives as freshly
-// decoded strings, so without interning every proxy keeps its own copy of
-// every name it subscribes to; replacing them with the table's copy before
-// go-control-plane sees the request lets the decoded ones go.
+// A stream keeps the names of its subscription as the keys of its
+// subscription set, and the cache's watch holds the latest request until
+// the next one. Each request arrives as freshly decoded strings, so without
+// interning every proxy would keep its own copy of every name it subscribes
+// to; replacing them with the table's copy before the stream keeps them
+// lets the decoded ones go. State-of-the-world lists of names are shared
+// whole on top of that (see sharedLists).
 //
 // The table is generational rather than unique.Make: a unique.Handle's
 // canonical copy lives only as long as some Handle to it does (the strings
@@ -81,9 +82,9 @@ func (t *interner) strings(s []string) {
 }
 
 // versions returns m (a delta client's initial_resource_versions, name to
-// version) with interned keys and values. go-control-plane adopts that map
-// as the stream's first ReturnedResources, and the cache copies its strings
-// into every later one, so it is rebuilt rather than kept. The map is built
+// version) with interned keys and values. The stream adopts that map as
+// its subscription's first ReturnedResources, and the cache copies its
+// strings into every later one, so it is rebuilt rather than kept. The map is built
 // outside the lock: after a restart every proxy reconnects with one.
 func (t *interner) versions(m map[string]string) map[string]string {
 	if len(m) == 0 {
