@@ -234,3 +234,38 @@ func TestPublishMovesAtOnce(t *testing.T) {
 		t.Errorf("namespace b got %v, removed %v; want only priv removed", deltaNames(out), out.GetRemovedResources())
 	}
 }
+
+// TestViewsMoveSotwPartial: a state-of-the-world client of load
+// assignments, subscribed by name, that moves to a view with one more of
+// its names is sent just that one (it proved it holds the rest), and
+// holds the new view's whole selection afterwards.
+func TestViewsMoveSotwPartial(t *testing.T) {
+	c := cache.New(discardLogger())
+	mustUpdate(t, c, node.Envoy, services(map[string]string{"pub": "10.0.0.1"}))
+	mustUpdateView(t, c, "x", services(map[string]string{"pub": "10.0.0.1", "priv": "10.0.0.2"}))
+
+	s := newSotwClient(t, c, node.Envoy, resourcev3.EndpointType, false)
+	s.node = nodeIn(node.Envoy, "a").Node()
+	s.request([]string{"priv", "pub"}, "")
+	out := s.receive()
+	if got := names(out, claName); !slices.Equal(got, []string{"pub"}) {
+		t.Fatalf("first response %v, want [pub]", got)
+	}
+	s.ack(out)
+	s.none()
+
+	c.SetViews(map[string]string{"a": "x"})
+	out = s.receive()
+	if got := names(out, claName); !slices.Equal(got, []string{"priv"}) {
+		t.Errorf("moved to view x: got %v, want [priv]", got)
+	}
+	s.ack(out)
+	s.none()
+	r, err := c.Fetch(t.Context(), &discoveryv3.DiscoveryRequest{Node: s.node, TypeUrl: resourcev3.EndpointType, ResourceNames: []string{"priv", "pub"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if whole, _ := r.GetDiscoveryResponse(); whole.GetVersionInfo() != out.GetVersionInfo() {
+		t.Errorf("version %s after the move, want the view's whole selection's %s", out.GetVersionInfo(), whole.GetVersionInfo())
+	}
+}
