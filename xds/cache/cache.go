@@ -328,19 +328,19 @@ func (c *Cache) publish(updates []ViewUpdate, of *map[string]string) (Stats, err
 	defer c.updateMu.Unlock()
 
 	states := make([]*kindState, len(preps))
+	prevs := make([][numTypes]*typeSnapshot, len(preps))
 	c.mu.Lock()
 	for i, p := range preps {
 		states[i] = c.viewLocked(p.key)
+		prevs[i] = states[i].types
 	}
 	c.mu.Unlock()
 
 	out := make([]published, len(preps))
 	var stats Stats
 	for i, p := range preps {
-		// Only this goroutine, holding updateMu, changes ks.types.
-		prev := states[i].types
 		for t := range numTypes {
-			out[i].next[t], out[i].changed[t] = diff(t, prev[t], p.in[t], &out[i].stats, c.nextGen)
+			out[i].next[t], out[i].changed[t] = diff(t, prevs[i][t], p.in[t], &out[i].stats, c.nextGen)
 		}
 		stats.Changed += out[i].stats.Changed
 		stats.Removed += out[i].stats.Removed
