@@ -26,9 +26,9 @@ import (
 //
 // Proxies are served only the Services their namespace may see (see
 // policy.Views): the full path translates each view's mesh for each kind
-// and then tells the cache which namespace is in which view, which moves
-// the proxies of a namespace whose view changed; the fast path patches
-// only the views that see the changed Services. With no Service
+// and publishes them with which namespace is in which view, in one change
+// that moves the proxies of a namespace whose view changed; the fast path
+// patches only the views that see the changed Services. With no Service
 // restricted there is one view, and the paths cost what they did without
 // views.
 //
