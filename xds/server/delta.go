@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/fjordmesh/fjord/xds/cache"
 )
 
 type deltaServerStream = grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
@@ -121,7 +123,7 @@ func (s *deltaStream) request(req *discoveryv3.DeltaDiscoveryRequest) error {
 	}
 	t := s.types[typeURL]
 	if t == nil {
-		t = &deltaType{pushes: s.p.s.metrics.pushes.WithLabelValues(typeName(typeURL))}
+		t = &deltaType{pushes: s.p.s.metrics.pushes.WithLabelValues(cache.TypeName(typeURL))}
 		s.types[typeURL] = t
 		s.debug("xDS new delta subscription", typeURL)
 		// The client's initial versions become the first record of what

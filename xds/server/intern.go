@@ -175,8 +175,8 @@ func newListGen() *listGen {
 	return &listGen{byAddr: map[uint64][]*nameList{}, byRaw: map[uint64][]*nameList{}, byData: map[*string]*nameList{}}
 }
 
-// list interns the names of s (in place) and returns the shared list equal
-// to it, adding it if new. Lists are keyed by the interned strings'
+// list returns the shared list equal to s, adding it, its names interned,
+// if new. Lists are keyed by the interned strings'
 // addresses: equal lists of interned names hold the same strings, and an
 // uninterned (overlong) name only makes a list that matches no other.
 func (t *interner) list(s []string) *nameList {
@@ -191,8 +191,11 @@ func (t *interner) list(s []string) *nameList {
 	}
 	l.mu.Unlock()
 
-	t.strings(s)
-	key := addrKey(s)
+	// Interned in a copy: s may be a list the codec shared that has left
+	// the table since, which nobody may write to.
+	names := slices.Clone(s)
+	t.strings(names)
+	key := addrKey(names)
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -201,7 +204,7 @@ func (t *interner) list(s []string) *nameList {
 			continue
 		}
 		for _, c := range g.byAddr[key] {
-			if sameStrings(c.names, s) {
+			if sameStrings(c.names, names) {
 				if g == l.prev {
 					l.putLocked(key, c)
 				}
@@ -209,7 +212,7 @@ func (t *interner) list(s []string) *nameList {
 			}
 		}
 	}
-	c := &nameList{names: slices.Clone(s), set: make(map[string]struct{}, len(s))}
+	c := &nameList{names: names, set: make(map[string]struct{}, len(names))}
 	for _, v := range c.names {
 		if v == wildcardName {
 			c.wildcard = true

@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/fjordmesh/fjord/xds/cache"
 	"github.com/fjordmesh/fjord/xds/node"
 )
 
@@ -50,9 +49,6 @@ func (p *port) register(g *grpc.Server) {
 func legacyWildcard(typeURL string) bool {
 	return typeURL != resourcev3.EndpointType && typeURL != resourcev3.RouteType
 }
-
-// typeName is the metrics label of a type URL.
-func typeName(typeURL string) string { return cache.TypeName(typeURL) }
 
 func (p *port) StreamAggregatedResources(st sotwServerStream) error {
 	return p.streamSotw(st, "")

@@ -11,15 +11,17 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/fjordmesh/fjord/xds/cache"
 )
 
 // responseBuffer is the capacity of a stream's response channel. The cache
 // delivers without ever blocking only if a response always fits (see
 // xds/cache watch): a stream has at most one open watch per type, each
 // answers at most once, and the loop takes every queued response before it
-// opens a watch, so the channel never holds more than one response per
-// served type plus the one a new watch may answer at once. The rest is
-// margin.
+// replaces a watch, so the channel never holds more than one response per
+// served type, plus one from a watch replaced just after it answered. The
+// rest is margin.
 const responseBuffer = 16
 
 type sotwServerStream = grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
@@ -134,7 +136,7 @@ func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest) error {
 
 	t := s.types[typeURL]
 	if t == nil {
-		t = &sotwType{pushes: s.p.s.metrics.pushes.WithLabelValues(typeName(typeURL))}
+		t = &sotwType{pushes: s.p.s.metrics.pushes.WithLabelValues(cache.TypeName(typeURL))}
 		s.types[typeURL] = t
 		s.debug("xDS new subscription", typeURL)
 	} else {
