@@ -124,7 +124,7 @@ func (ps *peerStream) check(n *corev3.Node, typeURL, nonce string, nack *statusp
 // debug logs per-request chatter (stale nonces, new subscriptions).
 // The level is checked first: the arguments would cost allocations on
 // every ACK even when debug logging is off.
-func (ps *peerStream) debug(msg string, typeURL string) {
+func (ps *peerStream) debug(msg, typeURL string) {
 	if ps.s.log.Enabled(context.Background(), slog.LevelDebug) {
 		ps.s.log.Debug(msg, "node", ps.node.GetId(), "type", typeURL)
 	}
