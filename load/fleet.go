@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 
 	"github.com/fjordmesh/fjord/xds/node"
 	"github.com/fjordmesh/fjord/xds/translate"
@@ -110,6 +111,9 @@ type Fleet struct {
 	reconnectMax time.Duration
 	intern       *interner
 	tracker      tracker
+	// codec is the gRPC codec of every proxy's connection; its pool is
+	// also the connections' buffer pool.
+	codec proxyCodec
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -130,7 +134,7 @@ func NewFleet(target string, specs []ProxySpec, reconnectMax time.Duration) *Fle
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Fleet{
 		target: target, reconnectMax: reconnectMax, specs: specs,
-		intern: newInterner(), ctx: ctx, cancel: cancel,
+		intern: newInterner(), codec: newProxyCodec(), ctx: ctx, cancel: cancel,
 	}
 }
 
@@ -177,7 +181,8 @@ func (f *Fleet) start() error {
 				},
 				MinConnectTimeout: 5 * time.Second,
 			}),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30), grpc.ForceCodecV2(f.codec)),
+			experimental.WithBufferPool(f.codec.pool),
 		)
 		if err != nil {
 			return fmt.Errorf("proxy %s: %w", p.spec.Info.ID(), err)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 )
@@ -442,19 +443,47 @@ func (r *runner) startProfile(ctx context.Context, kind ScenarioKind) chan struc
 	}
 	done := make(chan struct{})
 	path := filepath.Join(r.env.ProfileDir, fmt.Sprintf("%s-%s.cpu.pprof", r.spec.Name, kind))
+	harness := filepath.Join(r.env.ProfileDir, fmt.Sprintf("%s-%s.harness.cpu.pprof", r.spec.Name, kind))
 	go func() {
 		defer close(done)
 		if err := os.MkdirAll(r.env.ProfileDir, 0o755); err != nil {
 			return
 		}
-		if err := r.cp.Profile(ctx, fmt.Sprintf("profile?seconds=%d", r.env.ProfileSeconds), path); err != nil {
+		stop := r.profileHarness(harness)
+		err := r.cp.Profile(ctx, fmt.Sprintf("profile?seconds=%d", r.env.ProfileSeconds), path)
+		stop()
+		if err != nil {
 			r.log.Error("cpu profile", "scenario", kind, "error", err)
 			return
 		}
-		r.log.Info("cpu profile written", "scenario", kind, "path", path)
+		r.log.Info("cpu profile written", "scenario", kind, "path", path, "harness", harness)
 	}()
-	r.res.Profiles = append(r.res.Profiles, path)
+	r.res.Profiles = append(r.res.Profiles, path, harness)
 	return done
+}
+
+// profileHarness profiles this process, the simulated proxies, over the
+// same window as the control plane's profile, and returns the function
+// that ends it. On two cores the harness takes about as much CPU per
+// change as the control plane does (LoadCPUSecondsPerChange), so where
+// its time goes is part of where a change's latency goes.
+func (r *runner) profileHarness(path string) (stop func()) {
+	f, err := os.Create(path)
+	if err != nil {
+		r.log.Error("harness cpu profile", "error", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		r.log.Error("harness cpu profile", "error", err)
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			r.log.Error("harness cpu profile", "error", err)
+		}
+	}
 }
 
 func (r *runner) finish() {

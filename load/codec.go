@@ -1,0 +1,168 @@
+package load
+
+import (
+	"fmt"
+	"math/bits"
+	"sync"
+	"unsafe"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// proxyCodec is the simulated proxies' gRPC codec: protobuf, as gRPC's
+// own, with messages marshalled into and read from a reusePool rather than
+// gRPC's default pool (which the default codec uses whatever pool the
+// connection is given), and with the encoded resource names of
+// state-of-the-world requests kept per list (see namesWire).
+type proxyCodec struct {
+	pool  *reusePool
+	names *namesWire
+}
+
+var _ encoding.CodecV2 = proxyCodec{}
+
+func newProxyCodec() proxyCodec {
+	return proxyCodec{pool: &reusePool{}, names: &namesWire{m: map[namesKey][]byte{}}}
+}
+
+func (proxyCodec) Name() string { return "proto" }
+
+func (c proxyCodec) Marshal(v any) (mem.BufferSlice, error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("proxy codec: cannot marshal %T", v)
+	}
+	var names []byte
+	if req, ok := m.(*discoveryv3.DiscoveryRequest); ok && len(req.GetResourceNames()) >= minWireNames {
+		names = c.names.of(req.GetResourceNames())
+		m = &discoveryv3.DiscoveryRequest{
+			VersionInfo:      req.GetVersionInfo(),
+			Node:             req.GetNode(),
+			ResourceLocators: req.GetResourceLocators(),
+			TypeUrl:          req.GetTypeUrl(),
+			ResponseNonce:    req.GetResponseNonce(),
+			ErrorDetail:      req.GetErrorDetail(),
+		}
+	}
+	size := proto.Size(m)
+	buf := c.pool.Get(size + len(names))
+	b, err := (proto.MarshalOptions{UseCachedSize: true}).MarshalAppend((*buf)[:0], m)
+	if err != nil {
+		c.pool.Put(buf)
+		return nil, err
+	}
+	// Fields may come in any order on the wire; a repeated field's
+	// elements keep theirs.
+	*buf = append(b, names...)
+	return mem.BufferSlice{mem.NewBuffer(buf, c.pool)}, nil
+}
+
+// minWireNames is the length from which a list's encoding is kept.
+const minWireNames = 64
+
+// namesWire keeps the wire encoding (field resource_names, repeated) of
+// the lists of names state-of-the-world requests carry. An Envoy-like
+// proxy's every ACK names every load assignment it holds, and encoding a
+// thousand names again on each push was a fifth of the harness's CPU in a
+// flip. Lists are keyed by their backing array: a proxy builds a new list
+// whenever its subscription changes (typeState.sortedNames) and never
+// writes to one it has sent.
+type namesWire struct {
+	mu sync.Mutex
+	m  map[namesKey][]byte
+}
+
+type namesKey struct {
+	first *string
+	n     int
+}
+
+// maxWireLists bounds namesWire: past it, the kept encodings are dropped
+// and built again as needed.
+const maxWireLists = 1 << 14
+
+func (w *namesWire) of(names []string) []byte {
+	k := namesKey{unsafe.SliceData(names), len(names)}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if b, ok := w.m[k]; ok {
+		return b
+	}
+	var b []byte
+	for _, n := range names {
+		b = protowire.AppendTag(b, resourceNamesField, protowire.BytesType)
+		b = protowire.AppendString(b, n)
+	}
+	if len(w.m) >= maxWireLists {
+		clear(w.m)
+	}
+	w.m[k] = b
+	return b
+}
+
+// resourceNamesField is DiscoveryRequest's field number of resource_names.
+const resourceNamesField = 3
+
+func (c proxyCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return fmt.Errorf("proxy codec: cannot unmarshal into %T", v)
+	}
+	buf := data.MaterializeToBuffer(c.pool)
+	defer buf.Free()
+	return proto.Unmarshal(buf.ReadOnlyData(), m)
+}
+
+// reusePool is the buffer pool the simulated proxies' connections and
+// codec use: it hands out buffers without zeroing them. gRPC's default pool clears every
+// buffer it hands out, and a state-of-the-world Envoy-like proxy marshals
+// an ACK naming every load assignment (about 40 KB at 1,000 Services) on
+// each push, so clearing was a fifth of the harness's CPU in a flip. The
+// harness shares the control plane's cores and stands in for proxies that
+// would run elsewhere, so what it spends is taken from the measurement.
+// Every byte of a buffer it hands out is written before it is read: by the
+// marshaller or by the frame being received.
+type reusePool struct {
+	// tiers[i] holds buffers of capacity 1<<i.
+	tiers [maxTier + 1]sync.Pool
+}
+
+// maxTier is the largest pooled capacity, 1<<maxTier bytes; larger buffers
+// are allocated and dropped.
+const maxTier = 22
+
+var _ mem.BufferPool = (*reusePool)(nil)
+
+// tier is the smallest i with 1<<i >= n.
+func tier(n int) int {
+	if n <= 1 {
+		return 0
+	}
+	return bits.Len(uint(n - 1))
+}
+
+func (p *reusePool) Get(n int) *[]byte {
+	t := tier(n)
+	if t > maxTier {
+		b := make([]byte, n)
+		return &b
+	}
+	if b, ok := p.tiers[t].Get().(*[]byte); ok {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]byte, n, 1<<t)
+	return &b
+}
+
+func (p *reusePool) Put(b *[]byte) {
+	c := cap(*b)
+	if c == 0 || c&(c-1) != 0 || tier(c) > maxTier {
+		return
+	}
+	p.tiers[tier(c)].Put(b)
+}
