@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"sync"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/encoding"
 	protocodec "google.golang.org/grpc/encoding/proto"
@@ -12,23 +13,31 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// resourceNamesField is the number of DiscoveryRequest.resource_names.
-const resourceNamesField = 3
+// Field numbers the codec looks for.
+const (
+	resourceNamesField = 3 // DiscoveryRequest.resource_names
+	requestNodeField   = 2 // DiscoveryRequest.node
+	deltaNodeField     = 1 // DeltaDiscoveryRequest.node
+)
 
 // minSharedNames is the shortest list of names worth looking up among the
 // shared lists instead of decoding it.
 const minSharedNames = 16
 
-// codec is gRPC's proto codec with one shortcut, for the message the
-// control plane receives most: a state-of-the-world Envoy names every
+// codec is gRPC's proto codec with two shortcuts, for the messages the
+// control plane receives most. A state-of-the-world Envoy names every
 // resource it subscribes to (a thousand load assignments) in every ACK,
 // and decoding them costs a thousand strings, each validated as UTF-8,
 // that the stream loop then only compares with the list it already holds.
 // When a request's resource_names are, byte for byte, the names of a list
 // some stream has already sent (sharedLists), the request gets that list's
-// read-only slice instead, and only its other fields are decoded. Every
-// other message, and every request whose names match no shared list, is
-// decoded as gRPC would.
+// read-only slice instead. And an Envoy sends its node in every request by
+// default, which the stream only compares with the node it pinned: when a
+// request's node is, byte for byte, one seen before (sharedNodes), the
+// request gets that read-only node, the very one its stream pinned, so the
+// comparison is one of pointers. Only the request's other fields are
+// decoded. Every other message, and every request neither shortcut
+// applies to, is decoded as gRPC would.
 type codec struct {
 	encoding.CodecV2
 }
@@ -38,10 +47,12 @@ func newCodec() codec {
 }
 
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
-	req, ok := v.(*discoveryv3.DiscoveryRequest)
-	if !ok {
+	switch v.(type) {
+	case *discoveryv3.DiscoveryRequest, *discoveryv3.DeltaDiscoveryRequest:
+	default:
 		return c.CodecV2.Unmarshal(data, v)
 	}
+	req := v.(proto.Message)
 	if len(data) == 1 {
 		return unmarshalRequest(data[0].ReadOnlyData(), req)
 	}
@@ -70,62 +81,115 @@ const maxJoinBuffer = 1 << 20
 
 var joinBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
-func unmarshalRequest(b []byte, req *discoveryv3.DiscoveryRequest) error {
+func unmarshalRequest(b []byte, req proto.Message) error {
 	if unmarshalShared(b, req) {
 		return nil
 	}
 	return proto.Unmarshal(b, req)
 }
 
-// unmarshalShared decodes b into req if its resource_names, all in one run
-// as every encoder writes them, are a shared list's. The names are
-// compared, not copied, and the rest of the message (version, nonce, type,
-// node, error detail) is decoded around them.
-func unmarshalShared(b []byte, req *discoveryv3.DiscoveryRequest) bool {
-	start, end, n := -1, -1, 0
-	var first, last []byte
+// span is a field's bytes in an encoded message, from its tag.
+type span struct{ start, end int }
+
+// unmarshalShared decodes b into req (a DiscoveryRequest or a
+// DeltaDiscoveryRequest) if its node is a shared node or, for a
+// DiscoveryRequest, its resource_names, all in one run as every encoder
+// writes them, are a shared list's. Those are looked up, not decoded, and
+// the rest of the message is decoded around them, in order. A message
+// with the node more than once (which protobuf merges) is left to
+// protobuf.
+func unmarshalShared(b []byte, req proto.Message) bool {
+	sotw, isSotw := req.(*discoveryv3.DiscoveryRequest)
+	nodeField := protowire.Number(deltaNodeField)
+	if isSotw {
+		nodeField = requestNodeField
+	}
+	node, names := span{-1, -1}, span{-1, -1}
+	n := 0
+	var rawNode, first, last []byte
 	for off := 0; off < len(b); {
 		num, typ, tl := protowire.ConsumeTag(b[off:])
 		if tl < 0 {
 			return false
 		}
-		if num == resourceNamesField && typ == protowire.BytesType {
-			if end != -1 && end != off {
+		switch {
+		case num == nodeField && typ == protowire.BytesType:
+			if node.start != -1 {
+				return false // merged by protobuf
+			}
+			v, vl := protowire.ConsumeBytes(b[off+tl:])
+			if vl < 0 {
+				return false
+			}
+			rawNode = v
+			node = span{off, off + tl + vl}
+			off = node.end
+		case isSotw && num == resourceNamesField && typ == protowire.BytesType:
+			if names.end != -1 && names.end != off {
 				return false // not one run
 			}
 			v, vl := protowire.ConsumeBytes(b[off+tl:])
 			if vl < 0 {
 				return false
 			}
-			if start == -1 {
-				start, first = off, v
+			if names.start == -1 {
+				names.start, first = off, v
 			}
 			last = v
 			n++
 			off += tl + vl
-			end = off
-			continue
+			names.end = off
+		default:
+			vl := protowire.ConsumeFieldValue(num, typ, b[off+tl:])
+			if vl < 0 {
+				return false
+			}
+			off += tl + vl
 		}
-		vl := protowire.ConsumeFieldValue(num, typ, b[off+tl:])
-		if vl < 0 {
+	}
+	var l *nameList
+	if n >= minSharedNames {
+		l = sharedLists.byRaw(rawKey(n, names.end-names.start, first, last), b[names.start:names.end])
+	}
+	var shared *corev3.Node
+	if rawNode != nil {
+		shared = sharedNodes.node(rawNode)
+	}
+	if l == nil && shared == nil {
+		return false
+	}
+	var skip []span
+	if shared != nil {
+		skip = append(skip, node)
+	}
+	if l != nil {
+		skip = append(skip, names)
+		if shared != nil && names.start < node.start {
+			skip[0], skip[1] = skip[1], skip[0]
+		}
+	}
+	proto.Reset(req)
+	merge := proto.UnmarshalOptions{Merge: true}
+	off := 0
+	for _, s := range skip {
+		if err := merge.Unmarshal(b[off:s.start], req); err != nil {
 			return false
 		}
-		off += tl + vl
+		off = s.end
 	}
-	if n < minSharedNames {
+	if err := merge.Unmarshal(b[off:], req); err != nil {
 		return false
 	}
-	l := sharedLists.byRaw(rawKey(n, end-start, first, last), b[start:end])
-	if l == nil {
-		return false
+	if isSotw {
+		if shared != nil {
+			sotw.Node = shared
+		}
+		if l != nil {
+			sotw.ResourceNames = l.names
+		}
+	} else {
+		req.(*discoveryv3.DeltaDiscoveryRequest).Node = shared
 	}
-	if err := proto.Unmarshal(b[:start], req); err != nil {
-		return false
-	}
-	if err := (proto.UnmarshalOptions{Merge: true}).Unmarshal(b[end:], req); err != nil {
-		return false
-	}
-	req.ResourceNames = l.names
 	return true
 }
 
