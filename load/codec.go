@@ -50,7 +50,10 @@ func (c proxyCodec) Marshal(v any) (mem.BufferSlice, error) {
 	}
 	size := proto.Size(m)
 	buf := c.pool.Get(size + len(names))
-	b, err := (proto.MarshalOptions{UseCachedSize: true}).MarshalAppend((*buf)[:0], m)
+	// Deterministic: Envoy encodes the same node the same bytes every
+	// time, where Go's protobuf would write the metadata's map in a new
+	// order on each request.
+	b, err := (proto.MarshalOptions{UseCachedSize: true, Deterministic: true}).MarshalAppend((*buf)[:0], m)
 	if err != nil {
 		c.pool.Put(buf)
 		return nil, err

@@ -32,6 +32,12 @@ type FleetSpec struct {
 	// own bootstraps make has Envoy on delta and gRPC on state of the world
 	// (grpc-go speaks nothing else): DeltaFraction 1, GRPCDeltaFraction 0.
 	GRPCDeltaFraction *float64 `json:"grpcDeltaFraction,omitempty"`
+	// NodeOnce makes the Envoy-like proxies send their node only in the
+	// first request of each stream, as the Envoys of fjordctl bootstrap
+	// do (set_node_on_first_message_only); otherwise they send it in every
+	// request, as Envoy does by default. gRPC-like proxies send it once
+	// per stream either way, as grpc-go does.
+	NodeOnce bool `json:"nodeOnce,omitempty"`
 	// GRPCServices is how many Services each gRPC client dials.
 	GRPCServices int `json:"grpcServices"`
 	// Seed makes the mix and the dialled Services reproducible.
@@ -61,7 +67,7 @@ func PlanProxies(spec FleetSpec, m *Mesh) []ProxySpec {
 		}
 		nDelta := int(float64(n)*share + 0.5)
 		for i := range n {
-			out = append(out, ProxySpec{Pattern: pattern, Delta: i < nDelta})
+			out = append(out, ProxySpec{Pattern: pattern, Delta: i < nDelta, NodeOnce: spec.NodeOnce})
 		}
 	}
 	add(EnvoyLike, nEnvoy)

@@ -37,17 +37,21 @@ func AllScenarios(flips, policies int, churnRate, churnSeconds float64) []Scenar
 // Every run mixes Envoy-like and gRPC-like proxies half and half, each half
 // half delta, unless its name says otherwise: "bootstrapped" runs have the
 // fleet fjordctl bootstrap makes (Envoy-like on delta, gRPC-like on state
-// of the world).
+// of the world, and every proxy sending its node once per stream). The
+// other runs' Envoy-like proxies send their node in every request, as
+// Envoys with the default bootstrap setting do.
 func Matrix(name string) ([]RunSpec, error) {
 	mixed := func(n int) FleetSpec {
 		return FleetSpec{Proxies: n, EnvoyFraction: 0.5, DeltaFraction: 0.5, GRPCServices: 3, Seed: 1}
 	}
 	// bootstrapped is the fleet fjordctl bootstrap makes: Envoy on delta,
-	// proxyless gRPC on state of the world.
+	// sending its node once per stream, proxyless gRPC on state of the
+	// world.
 	bootstrapped := func(n int) FleetSpec {
 		f := mixed(n)
 		f.DeltaFraction = 1
 		f.GRPCDeltaFraction = new(float64)
+		f.NodeOnce = true
 		return f
 	}
 	mesh := func(m, e int) MeshSpec { return MeshSpec{Services: m, Endpoints: e, PolicyEvery: 10} }

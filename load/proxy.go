@@ -27,7 +27,8 @@ const (
 	// EnvoyLike subscribes like an Envoy sidecar: every cluster and every
 	// listener (wildcard), then the load assignment of every EDS cluster
 	// and the route configuration of every listener it got. It sends its
-	// node with every request, as Envoy does unless told otherwise.
+	// node with every request, as Envoy does unless told otherwise, or
+	// once per stream with ProxySpec.NodeOnce.
 	EnvoyLike Pattern = "envoy"
 	// GRPCLike subscribes like a proxyless gRPC client: the listeners of
 	// the few Services it dials, their route configurations, the clusters
@@ -41,7 +42,10 @@ type ProxySpec struct {
 	Pattern Pattern
 	// Delta picks the incremental protocol; false is state of the world.
 	Delta bool
-	Info  node.Info
+	// NodeOnce: an Envoy-like proxy sends its node only in the first
+	// request of each stream (a gRPC-like one always does).
+	NodeOnce bool
+	Info     node.Info
 	// Services are the indexes of the Services a GRPCLike proxy dials,
 	// with the names of their listeners.
 	Services  []int
@@ -368,8 +372,7 @@ func (p *proxy) streamUp() {
 
 // sotwRequest is the state-of-the-world request for type t: the
 // subscription, with the version last accepted and the nonce last received.
-// Envoy-like proxies send their node every time, gRPC-like ones once per
-// stream. p.mu must be held.
+// The node goes as nextNode says. p.mu must be held.
 func (p *proxy) sotwRequest(t typ) *discoveryv3.DiscoveryRequest {
 	ts := &p.types[t]
 	ts.requested = true
@@ -390,11 +393,12 @@ func (p *proxy) withNode(r *discoveryv3.DeltaDiscoveryRequest) *discoveryv3.Delt
 	return r
 }
 
-// nextNode is the node the next request carries: always for Envoy-like
-// proxies, on the first request of a stream for gRPC-like ones, else nil.
+// nextNode is the node the next request carries: on the first request of
+// a stream for proxies sending it once (gRPC-like ones, and Envoy-like ones
+// bootstrapped by fjordctl), else nil; always for the others.
 // p.mu must be held.
 func (p *proxy) nextNode() *corev3.Node {
-	if p.nodeSent && p.spec.Pattern != EnvoyLike {
+	if p.nodeSent && (p.spec.NodeOnce || p.spec.Pattern == GRPCLike) {
 		return nil
 	}
 	p.nodeSent = true

@@ -340,3 +340,41 @@ func TestTracker(t *testing.T) {
 		t.Errorf("forgotten change still watched: %v", got)
 	}
 }
+
+// TestNodeOnce: an Envoy-like proxy sends its node in every request unless
+// it models fjordctl bootstrap's Envoys (NodeOnce), which send it in the
+// first request of each stream only, as gRPC-like proxies always do.
+func TestNodeOnce(t *testing.T) {
+	grpcInfo := node.Info{Namespace: "ns", Workload: "g", ServiceAccount: "sa", Kind: node.GRPC}
+	tests := map[string]struct {
+		spec ProxySpec
+		want []bool // whether each of three requests of a stream carries the node
+	}{
+		"Envoy-like, default":    {spec: ProxySpec{Pattern: EnvoyLike, Info: envoyInfo}, want: []bool{true, true, true}},
+		"Envoy-like, once":       {spec: ProxySpec{Pattern: EnvoyLike, Info: envoyInfo, NodeOnce: true}, want: []bool{true, false, false}},
+		"Envoy-like delta":       {spec: ProxySpec{Pattern: EnvoyLike, Delta: true, Info: envoyInfo}, want: []bool{true, true, true}},
+		"Envoy-like delta, once": {spec: ProxySpec{Pattern: EnvoyLike, Delta: true, Info: envoyInfo, NodeOnce: true}, want: []bool{true, false, false}},
+		"gRPC-like":              {spec: ProxySpec{Pattern: GRPCLike, Info: grpcInfo, Services: []int{0}, Listeners: []string{"l:80"}}, want: []bool{true, false, false}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			p := testProxy(tc.spec)
+			for stream := range 2 {
+				p.startStream()
+				var got []bool
+				p.mu.Lock()
+				for range tc.want {
+					if tc.spec.Delta {
+						got = append(got, p.withNode(&discoveryv3.DeltaDiscoveryRequest{}).GetNode() != nil)
+					} else {
+						got = append(got, p.sotwRequest(clusterType).GetNode() != nil)
+					}
+				}
+				p.mu.Unlock()
+				if !cmp.Equal(got, tc.want) {
+					t.Errorf("stream %d: node carried %v, want %v", stream, got, tc.want)
+				}
+			}
+		})
+	}
+}

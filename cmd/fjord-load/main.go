@@ -54,6 +54,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		envoy      = fs.Float64("envoy", 0.5, "share of Envoy-like proxies (the rest are gRPC-like)")
 		delta      = fs.Float64("delta", 0.5, "share of each kind using delta xDS (the rest state of the world)")
 		grpcDelta  = fs.Float64("grpc-delta", -1, "share of gRPC-like proxies using delta xDS, if not --delta's (e.g. --delta 1 --grpc-delta 0: the fleet fjordctl bootstrap makes)")
+		nodeOnce   = fs.Bool("node-once", false, "Envoy-like proxies send their node only in the first request of each stream, as fjordctl bootstrap's Envoys do (with --delta 1 --grpc-delta 0: that fleet); by default in every request, as Envoy's default")
 		dials      = fs.Int("grpc-services", 3, "Services each gRPC-like proxy dials")
 		services   = fs.Int("services", 100, "Services")
 		endpoints  = fs.Int("endpoints", 10, "endpoints per Service")
@@ -136,7 +137,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "fjord-load:", err)
 			return 2
 		}
-		fleet := load.FleetSpec{Proxies: *proxies, EnvoyFraction: *envoy, DeltaFraction: *delta, GRPCServices: *dials, Seed: *seed}
+		fleet := load.FleetSpec{Proxies: *proxies, EnvoyFraction: *envoy, DeltaFraction: *delta, GRPCServices: *dials, Seed: *seed, NodeOnce: *nodeOnce}
 		if *grpcDelta >= 0 {
 			fleet.GRPCDeltaFraction = grpcDelta
 		}
