@@ -197,6 +197,13 @@ func GRPCWith(info node.Info, xdsAddress string, opts GRPCOptions) ([]byte, erro
 // Envoy returns an Envoy bootstrap as YAML: the node, the admin interface
 // on loopback, and incremental (delta) ADS over HTTP/2 to a static cluster
 // pointing at the control plane, from which clusters and listeners come.
+//
+// ADS sets set_node_on_first_message_only, as Istio's bootstraps do: by
+// default Envoy sends its node in every request of a stream, which the
+// control plane must decode and compare with the node the stream's first
+// request pinned (a stream's identity cannot change), for nothing. With it,
+// Envoy sends the node in the first request of each stream only, and every
+// later request relies on the pinned one.
 func Envoy(info node.Info, xdsAddress string) ([]byte, error) {
 	return EnvoyWith(info, xdsAddress, EnvoyOptions{})
 }
@@ -282,8 +289,9 @@ func envoyBootstrap(info node.Info, host string, port uint32, apiType corev3.Api
 		},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
 			AdsConfig: &corev3.ApiConfigSource{
-				ApiType:             apiType,
-				TransportApiVersion: corev3.ApiVersion_V3,
+				ApiType:                   apiType,
+				TransportApiVersion:       corev3.ApiVersion_V3,
+				SetNodeOnFirstMessageOnly: true,
 				GrpcServices: []*corev3.GrpcService{{
 					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
 						EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSCluster},

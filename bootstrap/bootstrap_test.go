@@ -236,8 +236,9 @@ func TestGRPCWithErrors(t *testing.T) {
 	}
 }
 
-// TestEnvoyADSVariant: Envoy speaks delta ADS unless told otherwise, and
-// either variant passes Envoy's validation.
+// TestEnvoyADSVariant: Envoy speaks delta ADS unless told otherwise, sends
+// its node once per stream in either variant, and either variant passes
+// Envoy's validation.
 func TestEnvoyADSVariant(t *testing.T) {
 	for name, tc := range map[string]struct {
 		opts EnvoyOptions
@@ -255,6 +256,9 @@ func TestEnvoyADSVariant(t *testing.T) {
 			b := parseEnvoy(t, out)
 			if got := b.GetDynamicResources().GetAdsConfig().GetApiType(); got != tc.want {
 				t.Errorf("ADS api_type = %v, want %v", got, tc.want)
+			}
+			if !b.GetDynamicResources().GetAdsConfig().GetSetNodeOnFirstMessageOnly() {
+				t.Error("ADS must send the node on the stream's first request only")
 			}
 		})
 	}
