@@ -5,4 +5,10 @@
 // proxyless gRPC. Each change is written, then every proxy it concerns is
 // watched until it has acknowledged content containing the change, which
 // yields convergence latency, pushes, bytes and control-plane cost per change.
+//
+// Envoy-like proxies send their node in every request, as Envoy does by
+// default, except in fleets that model what fjordctl bootstrap writes
+// (the matrix's "bootstrapped" runs, FleetSpec.NodeOnce, fjord-load
+// --node-once), whose Envoys are told to send it once per stream;
+// gRPC-like proxies always send it once per stream, as grpc-go does.
 package load
