@@ -158,7 +158,8 @@ func unmarshalShared(b []byte, req proto.Message) bool {
 	if l == nil && shared == nil {
 		return false
 	}
-	var skip []span
+	var spans [2]span
+	skip := spans[:0]
 	if shared != nil {
 		skip = append(skip, node)
 	}
