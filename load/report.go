@@ -102,8 +102,12 @@ func WriteMarkdown(w io.Writer, rep *Report) {
 		if rs == "–" {
 			rs = "– | – | – | –"
 		}
+		delta := run.Spec.Fleet.DeltaShare()
+		if run.Spec.Fleet.NodeOnce {
+			delta += ", node once"
+		}
 		fmt.Fprintf(w, "| %s | %d (%.0f%%, %s) | %s; %s | %.1f | %s | %s | %s | %d | %d | %d | %.1f |\n",
-			run.Spec.Name, run.Spec.Fleet.Proxies, 100*run.Spec.Fleet.EnvoyFraction, run.Spec.Fleet.DeltaShare(),
+			run.Spec.Name, run.Spec.Fleet.Proxies, 100*run.Spec.Fleet.EnvoyFraction, delta,
 			run.LoadAverage[0], run.LoadAverage[1], run.ReadySeconds, kb(run.RSSPerProxyBytes), kb(run.HeapPerProxyBytes), rs,
 			run.ShrinkCount, run.NACKs, run.StreamErrors, run.LoadCPUSeconds)
 	}
