@@ -239,3 +239,39 @@ func TestPlanProxiesDeltaShares(t *testing.T) {
 		t.Errorf("DeltaShare = %q", got)
 	}
 }
+
+// TestBootstrappedFleetSendsNodeOnce: the matrix's bootstrapped runs, and
+// only they, model fjordctl bootstrap's Envoys, which send their node once
+// per stream, and every Envoy-like proxy of such a fleet is planned so.
+func TestBootstrappedFleetSendsNodeOnce(t *testing.T) {
+	bootstrapped := 0
+	for _, matrix := range []string{"smoke", "reduced", "full"} {
+		runs, err := Matrix(matrix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range runs {
+			want := strings.Contains(r.Name, "bootstrapped")
+			if want {
+				bootstrapped++
+			}
+			if r.Fleet.NodeOnce != want {
+				t.Errorf("%s: NodeOnce = %v, want %v", r.Name, r.Fleet.NodeOnce, want)
+			}
+		}
+	}
+	if bootstrapped == 0 {
+		t.Fatal("no bootstrapped run in any matrix")
+	}
+	m, err := GenerateMesh(t.TempDir(), MeshSpec{Services: 10, Endpoints: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, once := range []bool{false, true} {
+		for _, ps := range PlanProxies(FleetSpec{Proxies: 10, EnvoyFraction: 0.5, DeltaFraction: 1, NodeOnce: once, GRPCServices: 1, Seed: 1}, m) {
+			if ps.NodeOnce != once {
+				t.Errorf("fleet NodeOnce %v planned a %s proxy with NodeOnce %v", once, ps.Pattern, ps.NodeOnce)
+			}
+		}
+	}
+}
