@@ -52,39 +52,7 @@ func (p *port) streamDelta(st deltaServerStream, typeURL string) error {
 	}
 	defer s.cancelAll()
 
-	reqs := make(chan *discoveryv3.DeltaDiscoveryRequest)
-	go func() {
-		defer close(reqs)
-		for {
-			req, err := st.Recv()
-			if err != nil {
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-st.Context().Done():
-				return
-			}
-		}
-	}()
-
-	for {
-		select {
-		case <-p.s.ctx.Done():
-			return nil
-		case r := <-s.ch:
-			if err := s.send(r); err != nil {
-				return err
-			}
-		case req, ok := <-reqs:
-			if !ok {
-				return nil
-			}
-			if err := s.request(req); err != nil {
-				return err
-			}
-		}
-	}
+	return serve(p.s.ctx, st, s.ch, s.send, s.request)
 }
 
 func (s *deltaStream) cancelAll() {

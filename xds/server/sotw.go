@@ -55,9 +55,7 @@ type sotwStream struct {
 }
 
 // streamSotw serves a state-of-the-world stream until the client ends it,
-// the server closes, or a request is refused. One goroutine reads requests
-// and hands them to this one, which applies them and sends the cache's
-// responses in the order the cache delivers them.
+// the server closes, or a request is refused (see serve).
 func (p *port) streamSotw(st sotwServerStream, typeURL string) error {
 	ps, err := p.open(st.Context())
 	if err != nil {
@@ -71,39 +69,7 @@ func (p *port) streamSotw(st sotwServerStream, typeURL string) error {
 	}
 	defer s.cancelAll()
 
-	reqs := make(chan *discoveryv3.DiscoveryRequest)
-	go func() {
-		defer close(reqs)
-		for {
-			req, err := st.Recv()
-			if err != nil {
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-st.Context().Done():
-				return
-			}
-		}
-	}()
-
-	for {
-		select {
-		case <-p.s.ctx.Done():
-			return nil
-		case r := <-s.ch:
-			if err := s.send(r); err != nil {
-				return err
-			}
-		case req, ok := <-reqs:
-			if !ok {
-				return nil
-			}
-			if err := s.request(req); err != nil {
-				return err
-			}
-		}
-	}
+	return serve(p.s.ctx, st, s.ch, s.send, s.request)
 }
 
 func (s *sotwStream) cancelAll() {

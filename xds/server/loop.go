@@ -1,0 +1,50 @@
+package server
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+)
+
+// serve is the loop of one stream of either protocol, until the client
+// ends it, the server closes (ctx), or handling a request or sending a
+// response fails. One goroutine reads requests and hands them over; this
+// one applies them (request) and sends the cache's responses (send) in the
+// order the cache delivers them on ch, so a stream's state is only ever
+// touched here.
+func serve[Req, Resp, CacheResp any](ctx context.Context, st grpc.BidiStreamingServer[Req, Resp],
+	ch <-chan CacheResp, send func(CacheResp) error, request func(*Req) error) error {
+	reqs := make(chan *Req)
+	go func() {
+		defer close(reqs)
+		for {
+			req, err := st.Recv()
+			if err != nil {
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-st.Context().Done():
+				return
+			}
+		}
+	}()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case r := <-ch:
+			if err := send(r); err != nil {
+				return err
+			}
+		case req, ok := <-reqs:
+			if !ok {
+				return nil
+			}
+			if err := request(req); err != nil {
+				return err
+			}
+		}
+	}
+}
