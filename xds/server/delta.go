@@ -7,8 +7,6 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/fjordmesh/fjord/xds/cache"
 )
@@ -66,15 +64,11 @@ func (s *deltaStream) cancelAll() {
 // request applies one request. Unlike state of the world, every request
 // counts, whatever its nonce: each carries changes to the subscription.
 func (s *deltaStream) request(req *discoveryv3.DeltaDiscoveryRequest) error {
-	switch {
-	case req.GetTypeUrl() != "" && s.typeURL != "" && req.GetTypeUrl() != s.typeURL:
-		return status.Errorf(codes.InvalidArgument, "a %s stream cannot request %s", s.typeURL, req.GetTypeUrl())
-	case req.GetTypeUrl() == "" && s.typeURL == "":
-		return status.Error(codes.InvalidArgument, "type URL is required for ADS")
-	case req.GetTypeUrl() == "":
-		req.TypeUrl = s.typeURL
+	typeURL, err := requestType(s.typeURL, req.GetTypeUrl())
+	if err != nil {
+		return err
 	}
-	typeURL := req.GetTypeUrl()
+	req.TypeUrl = typeURL
 	n, err := s.check(req.GetNode(), typeURL, req.GetResponseNonce(), req.GetErrorDetail())
 	if err != nil {
 		return err

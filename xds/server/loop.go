@@ -4,7 +4,24 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
+
+// requestType is the type a request on a stream of streamType ("" for
+// ADS) asks for: per-type streams may leave it out, ADS requests must name
+// it, and a per-type stream serves its own type only.
+func requestType(streamType, requested string) (string, error) {
+	switch {
+	case requested == "" && streamType == "":
+		return "", status.Error(codes.InvalidArgument, "type URL is required for ADS")
+	case requested == "":
+		return streamType, nil
+	case streamType != "" && requested != streamType:
+		return "", status.Errorf(codes.InvalidArgument, "a %s stream cannot request %s", streamType, requested)
+	}
+	return requested, nil
+}
 
 // serve is the loop of one stream of either protocol, until the client
 // ends it, the server closes (ctx), or handling a request or sending a

@@ -9,8 +9,6 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/fjordmesh/fjord/xds/cache"
 )
@@ -83,15 +81,11 @@ func (s *sotwStream) cancelAll() {
 // request applies one request: it checks the node, ignores a stale one,
 // updates the subscription and opens the type's next watch.
 func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest) error {
-	switch {
-	case req.GetTypeUrl() != "" && s.typeURL != "" && req.GetTypeUrl() != s.typeURL:
-		return status.Errorf(codes.InvalidArgument, "a %s stream cannot request %s", s.typeURL, req.GetTypeUrl())
-	case req.GetTypeUrl() == "" && s.typeURL == "":
-		return status.Error(codes.InvalidArgument, "type URL is required for ADS")
-	case req.GetTypeUrl() == "":
-		req.TypeUrl = s.typeURL
+	typeURL, err := requestType(s.typeURL, req.GetTypeUrl())
+	if err != nil {
+		return err
 	}
-	typeURL := req.GetTypeUrl()
+	req.TypeUrl = typeURL
 	n, err := s.check(req.GetNode(), typeURL, req.GetResponseNonce(), req.GetErrorDetail())
 	if err != nil {
 		return err
