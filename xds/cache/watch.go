@@ -12,7 +12,7 @@ import (
 // or delta. It fires at most once: the server opens a new watch with every
 // request, so a fired watch is simply forgotten.
 //
-// The go-control-plane server sizes its response channels so that one
+// The xDS server (xds/server) sizes its response channels so that one
 // response per open watch always fits (one per type and stream), which is why
 // delivering never blocks. Responses are built and sent holding mu, and
 // cancel takes mu after unregistering the watch: so nothing is ever sent
