@@ -407,7 +407,8 @@ func TestSameSliceComparesEveryField(t *testing.T) {
 	}
 }
 
-// sotwWatch is one state-of-the-world watch as an xDS server opens it: the client holds what it was last sent.
+// sotwWatch is one state-of-the-world watch as an xDS server opens it:
+// the client holds what it was last sent.
 type sotwWatch struct {
 	t       *testing.T
 	c       *cache.Cache
