@@ -734,15 +734,23 @@ func contentVersion(b []byte) string {
 // by name: a hash over their (name, version) pairs. A client that already
 // acknowledged it holds exactly this content.
 func setVersion(sorted []*entry) string {
-	// The writes stay inline: through a helper taking a hash.Hash, every
-	// string conversion would allocate.
+	// The pairs are copied into one buffer and hashed a chunk at a time:
+	// written one by one through the hash.Hash interface, every string
+	// would be copied to the heap first (a patch of one load assignment
+	// hashes every name of its type again, for each kind).
 	h := sha256.New()
+	buf := make([]byte, 0, 4096)
 	for _, e := range sorted {
-		h.Write([]byte(e.name))
-		h.Write([]byte{0})
-		h.Write([]byte(e.version))
-		h.Write([]byte{0})
+		if len(buf) > 0 && len(buf)+len(e.name)+len(e.version)+2 > cap(buf) {
+			h.Write(buf)
+			buf = buf[:0]
+		}
+		buf = append(buf, e.name...)
+		buf = append(buf, 0)
+		buf = append(buf, e.version...)
+		buf = append(buf, 0)
 	}
+	h.Write(buf)
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
