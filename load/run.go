@@ -211,6 +211,9 @@ func (r *runner) setUp(ctx context.Context) error {
 	start := time.Now()
 	if r.env.Attach != nil {
 		r.cp = r.env.Attach
+		if err := r.cp.WaitReady(ctx, 10*time.Minute); err != nil {
+			return err
+		}
 	} else {
 		cs := CPSpec{
 			Command:   r.env.CPCommand,
@@ -223,37 +226,9 @@ func (r *runner) setUp(ctx context.Context) error {
 		if r.kube != nil {
 			cs.Kubeconfig = r.kube.Kubeconfig
 		}
-		if cs.XDSAddress, err = FreeAddress(); err != nil {
+		if err := r.startCP(ctx, cs); err != nil {
 			return err
 		}
-		if cs.MonitoringAddress, err = FreeAddress(); err != nil {
-			return err
-		}
-		if r.env.SecureAddressFlag != "" {
-			addr, err := FreeAddress()
-			if err != nil {
-				return err
-			}
-			cs.Args = append([]string{r.env.SecureAddressFlag, addr}, cs.Args...)
-		}
-		if r.env.PprofFlag != "" {
-			addr, err := FreeAddress()
-			if err != nil {
-				return err
-			}
-			cs.Command = append(cs.Command[:len(cs.Command):len(cs.Command)], r.env.PprofFlag, addr)
-			cs.PprofURL = "http://" + addr
-		}
-		r.cp = NewControlPlane(cs)
-		if err := r.cp.Start(); err != nil {
-			return err
-		}
-		if cs.PprofURL == "" && HasPprof(ctx, cs.MonitoringAddress) {
-			r.cp.spec.PprofURL = "http://" + cs.MonitoringAddress
-		}
-	}
-	if err := r.cp.WaitReady(ctx, 10*time.Minute); err != nil {
-		return err
 	}
 	r.res.ReadySeconds = time.Since(start).Seconds()
 	// The first build is ready; wait for it to be quiet (the file source may
@@ -418,6 +393,64 @@ func (r *runner) waitChange(ctx context.Context, pc *pendingChange, deadline tim
 	case <-ctx.Done():
 	}
 	return false
+}
+
+// startAttempts is how often startCP tries to start the control plane.
+const startAttempts = 3
+
+// startCP starts the control plane of cs on free loopback ports and waits
+// until it is ready. A port found free can be taken before the control
+// plane binds it (by an outgoing connection of the harness's proxies, whose
+// ephemeral ports come from the same range), so a start that fails with
+// "address already in use" is tried again on other ports.
+func (r *runner) startCP(ctx context.Context, cs CPSpec) error {
+	base, command := cs.Args, cs.Command
+	for attempt := 1; ; attempt++ {
+		var err error
+		if cs.XDSAddress, err = FreeAddress(); err != nil {
+			return err
+		}
+		if cs.MonitoringAddress, err = FreeAddress(); err != nil {
+			return err
+		}
+		cs.Args, cs.Command, cs.PprofURL = base, command, ""
+		if r.env.SecureAddressFlag != "" {
+			addr, err := FreeAddress()
+			if err != nil {
+				return err
+			}
+			cs.Args = append([]string{r.env.SecureAddressFlag, addr}, base...)
+		}
+		if r.env.PprofFlag != "" {
+			addr, err := FreeAddress()
+			if err != nil {
+				return err
+			}
+			cs.Command = append(command[:len(command):len(command)], r.env.PprofFlag, addr)
+			cs.PprofURL = "http://" + addr
+		}
+		r.cp = NewControlPlane(cs)
+		if err := r.cp.Start(); err != nil {
+			return err
+		}
+		if cs.PprofURL == "" && HasPprof(ctx, cs.MonitoringAddress) {
+			r.cp.spec.PprofURL = "http://" + cs.MonitoringAddress
+		}
+		err = r.cp.WaitReady(ctx, 10*time.Minute)
+		if err == nil {
+			return nil
+		}
+		if attempt == startAttempts || !logSays(cs.LogPath, "address already in use") {
+			return err
+		}
+		r.log.Warn("control plane could not bind a port; trying other ports", "attempt", attempt, "error", err)
+	}
+}
+
+// logSays reports whether the file at path contains s.
+func logSays(path, s string) bool {
+	b, err := os.ReadFile(path)
+	return err == nil && strings.Contains(string(b), s)
 }
 
 // profile fetches a profile into ProfileDir as <run>-<name>.pprof.
