@@ -80,7 +80,7 @@ func (s *deltaStream) request(req *discoveryv3.DeltaDiscoveryRequest) error {
 
 	// What the cache has already answered is sent first, so the record
 	// the request is applied to includes it.
-	if err := s.drain(); err != nil {
+	if err := drain(s.ch, s.send); err != nil {
 		return err
 	}
 	t := s.types[typeURL]
@@ -108,20 +108,6 @@ func (s *deltaStream) request(req *discoveryv3.DeltaDiscoveryRequest) error {
 	}
 	t.cancel = cancel
 	return nil
-}
-
-// drain sends every response already queued.
-func (s *deltaStream) drain() error {
-	for {
-		select {
-		case r := <-s.ch:
-			if err := s.send(r); err != nil {
-				return err
-			}
-		default:
-			return nil
-		}
-	}
 }
 
 // send sends a response from the cache, unless its watch was cancelled

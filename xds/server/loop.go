@@ -65,3 +65,18 @@ func serve[Req, Resp, CacheResp any](ctx context.Context, st grpc.BidiStreamingS
 		}
 	}
 }
+
+// drain sends every response already queued on ch, in order, without
+// waiting for more.
+func drain[CacheResp any](ch <-chan CacheResp, send func(CacheResp) error) error {
+	for {
+		select {
+		case r := <-ch:
+			if err := send(r); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
+}

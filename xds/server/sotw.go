@@ -113,7 +113,7 @@ func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest) error {
 		// A response of this type already queued answers the request
 		// just replaced, and is dropped; the other types' go out first,
 		// in order.
-		if err := s.drain(); err != nil {
+		if err := drain(s.ch, s.send); err != nil {
 			return err
 		}
 	}
@@ -150,20 +150,6 @@ func sameList(names, list []string) bool {
 		return false
 	}
 	return len(names) == 0 || unsafe.SliceData(names) == unsafe.SliceData(list) || slices.Equal(names, list)
-}
-
-// drain sends every response already queued.
-func (s *sotwStream) drain() error {
-	for {
-		select {
-		case r := <-s.ch:
-			if err := s.send(r); err != nil {
-				return err
-			}
-		default:
-			return nil
-		}
-	}
 }
 
 // send sends a response from the cache, unless its watch was cancelled
