@@ -361,7 +361,7 @@ func (c *Cache) publish(updates []ViewUpdate, of *map[string]string) (Stats, err
 	// new view, once that view is complete.
 	for w := range moved {
 		if w.home.ready {
-			wake = append(wake, woken{w: w, ks: w.home, ts: w.home.types[w.t]})
+			wake = append(wake, woken{w: w, ts: w.home.types[w.t]})
 		}
 	}
 	dropped := 0
@@ -406,18 +406,18 @@ func (ks *kindState) publishLocked(next [numTypes]*typeSnapshot, changed [numTyp
 				continue
 			}
 			if scope == nil || w.interested(scope) {
-				out = append(out, woken{w: w, ks: ks, ts: next[t], changed: scope})
+				out = append(out, woken{w: w, ts: next[t], changed: scope})
 			}
 		}
 	}
 	return out
 }
 
-// woken is a registered watch an Update (or SetViews) concerns, with the
-// view it is registered in and what to answer it from.
+// woken is a registered watch an Update (or SetViews) concerns, with what
+// to answer it from. The view it is registered in is w.home, which only
+// SetViews changes, under updateMu, which fanOut's caller holds.
 type woken struct {
 	w       *watch
-	ks      *kindState
 	ts      *typeSnapshot
 	changed map[string]struct{}
 }
@@ -460,7 +460,7 @@ func (c *Cache) fanOut(woken []woken) int {
 	c.mu.Lock()
 	for i, wk := range woken {
 		if fired[i] {
-			delete(wk.ks.watches[wk.w.t], wk.w)
+			delete(wk.w.home.watches[wk.w.t], wk.w)
 			n++
 		}
 	}
