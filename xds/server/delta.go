@@ -27,7 +27,6 @@ type deltaType struct {
 // type's.
 type deltaStream struct {
 	*peerStream
-	p       *port
 	st      deltaServerStream
 	typeURL string
 	ch      chan cachev3.DeltaResponse
@@ -44,7 +43,7 @@ func (p *port) streamDelta(st deltaServerStream, typeURL string) error {
 	}
 	defer ps.close()
 	s := &deltaStream{
-		peerStream: ps, p: p, st: st, typeURL: typeURL,
+		peerStream: ps, st: st, typeURL: typeURL,
 		ch:    make(chan cachev3.DeltaResponse, responseBuffer),
 		types: map[string]*deltaType{},
 	}
@@ -74,7 +73,7 @@ func (s *deltaStream) request(req *discoveryv3.DeltaDiscoveryRequest) error {
 		return err
 	}
 	req.Node = n
-	names := s.p.s.names
+	names := s.s.names
 	names.strings(req.ResourceNamesSubscribe)
 	names.strings(req.ResourceNamesUnsubscribe)
 
@@ -85,7 +84,7 @@ func (s *deltaStream) request(req *discoveryv3.DeltaDiscoveryRequest) error {
 	}
 	t := s.types[typeURL]
 	if t == nil {
-		t = &deltaType{pushes: s.p.s.metrics.pushes.WithLabelValues(cache.TypeName(typeURL))}
+		t = &deltaType{pushes: s.s.metrics.pushes.WithLabelValues(cache.TypeName(typeURL))}
 		s.types[typeURL] = t
 		s.debug("xDS new delta subscription", typeURL)
 		// The client's initial versions become the first record of what
@@ -102,7 +101,7 @@ func (s *deltaStream) request(req *discoveryv3.DeltaDiscoveryRequest) error {
 	t.sub.updateDelta(req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe())
 
 	t.req = req
-	cancel, err := s.p.s.cache.CreateDeltaWatch(req, t.sub, s.ch)
+	cancel, err := s.s.cache.CreateDeltaWatch(req, t.sub, s.ch)
 	if err != nil {
 		return err
 	}

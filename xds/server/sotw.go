@@ -44,7 +44,6 @@ type sotwType struct {
 // "") or one type's.
 type sotwStream struct {
 	*peerStream
-	p       *port
 	st      sotwServerStream
 	typeURL string
 	ch      chan cachev3.Response
@@ -61,7 +60,7 @@ func (p *port) streamSotw(st sotwServerStream, typeURL string) error {
 	}
 	defer ps.close()
 	s := &sotwStream{
-		peerStream: ps, p: p, st: st, typeURL: typeURL,
+		peerStream: ps, st: st, typeURL: typeURL,
 		ch:    make(chan cachev3.Response, responseBuffer),
 		types: map[string]*sotwType{},
 	}
@@ -96,7 +95,7 @@ func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest) error {
 
 	t := s.types[typeURL]
 	if t == nil {
-		t = &sotwType{pushes: s.p.s.metrics.pushes.WithLabelValues(cache.TypeName(typeURL))}
+		t = &sotwType{pushes: s.s.metrics.pushes.WithLabelValues(cache.TypeName(typeURL))}
 		s.types[typeURL] = t
 		s.debug("xDS new subscription", typeURL)
 	} else {
@@ -121,13 +120,13 @@ func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest) error {
 	names := req.GetResourceNames()
 	switch {
 	case t.sub == nil:
-		t.list = s.p.s.names.list(names)
+		t.list = s.s.names.list(names)
 		t.sub = newSubscription(len(names) == 0, legacyWildcard(typeURL), nil)
 		t.sub.setSotw(names, t.list.set, t.list.wildcard)
 	case sameList(names, t.list.names):
 		// An ACK naming what the last request named: nothing to rebuild.
 	default:
-		t.list = s.p.s.names.list(names)
+		t.list = s.s.names.list(names)
 		t.sub.setSotw(names, t.list.set, t.list.wildcard)
 	}
 	// The cache may keep the request until the next one: it keeps the
@@ -135,7 +134,7 @@ func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest) error {
 	req.ResourceNames = t.list.names
 
 	t.req = req
-	cancel, err := s.p.s.cache.CreateWatch(req, t.sub, s.ch)
+	cancel, err := s.s.cache.CreateWatch(req, t.sub, s.ch)
 	if err != nil {
 		return err
 	}
