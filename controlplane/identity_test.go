@@ -10,13 +10,10 @@ import (
 	"testing"
 	"time"
 
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -91,18 +88,7 @@ func workloadCertFor(t *testing.T, r *running, dataDir string, who node.Info) (*
 // or the stream's error.
 func secureFetch(t *testing.T, r *running, bundle []*x509.Certificate, client *tls.Certificate) ([]string, error) {
 	t.Helper()
-	roots := x509.NewCertPool()
-	for _, c := range bundle {
-		roots.AddCert(c)
-	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
-	if client != nil {
-		cfg.Certificates = []tls.Certificate{*client}
-	}
-	conn, err := grpc.NewClient(r.cp.SecureAddr().String(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := dialXDS(t, r, bundle, client)
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -118,11 +104,7 @@ func secureFetch(t *testing.T, r *running, bundle []*x509.Certificate, client *t
 	}
 	var names []string
 	for _, a := range resp.GetResources() {
-		var l listenerv3.Listener
-		if err := a.UnmarshalTo(&l); err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, l.GetName())
+		names = append(names, resourceName(t, a))
 	}
 	return names, nil
 }

@@ -90,7 +90,7 @@ type sotwStream struct {
 }
 
 // dialXDS connects to the plaintext port, or to the secure one when
-// bundle is set, presenting cert.
+// bundle is set, presenting cert (none if nil).
 func dialXDS(t *testing.T, r *running, bundle []*x509.Certificate, cert *tls.Certificate) *grpc.ClientConn {
 	t.Helper()
 	addr, creds := r.cp.XDSAddr().String(), insecure.NewCredentials()
@@ -99,8 +99,11 @@ func dialXDS(t *testing.T, r *running, bundle []*x509.Certificate, cert *tls.Cer
 		for _, c := range bundle {
 			roots.AddCert(c)
 		}
-		addr = r.cp.SecureAddr().String()
-		creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, Certificates: []tls.Certificate{*cert}})
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+		addr, creds = r.cp.SecureAddr().String(), credentials.NewTLS(cfg)
 	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
