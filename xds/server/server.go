@@ -86,7 +86,8 @@ func (s *Server) Close() {
 //
 // Requests are decoded with codec, which hands a state-of-the-world request
 // naming a list of resources some stream has sent before the shared copy of
-// that list instead of decoding it again.
+// that list, and a request carrying a node seen before the shared copy of
+// that node, instead of decoding them again.
 func GRPCOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(newCodec()),
