@@ -71,6 +71,10 @@ func (s *Server) Close() {
 	s.stop()
 }
 
+// receiveWindow is the fixed HTTP/2 receive window of every xDS stream and
+// connection (see GRPCOptions).
+const receiveWindow = 1 << 20
+
 // GRPCOptions are the gRPC server options xDS serving needs on a plaintext
 // port (TLSGRPCOptions on a TLS one).
 //
@@ -88,9 +92,20 @@ func (s *Server) Close() {
 // naming a list of resources some stream has sent before the shared copy of
 // that list, and a request carrying a node seen before the shared copy of
 // that node, instead of decoding them again.
+//
+// Flow control: every stream and connection gets a fixed 1 MiB receive
+// window. gRPC's default starts at 64 KiB and estimates bandwidth with a
+// ping per burst of data; a state-of-the-world Envoy's ACK names every
+// resource it holds (40 KB at 1,000 clusters), so with the default most
+// ACKs drew a window update and a ping, each a frame, a write and a wakeup
+// on both ends. A fixed window turns the estimation off. It bounds only
+// how much a client may send ahead of the server reading it, which for an
+// xDS client is one request at a time.
 func GRPCOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(newCodec()),
+		grpc.InitialWindowSize(receiveWindow),
+		grpc.InitialConnWindowSize(receiveWindow),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             10 * time.Second,
 			PermitWithoutStream: true,
