@@ -172,13 +172,18 @@ func (f *Fleet) prepare(n int) []*proxy {
 	return out
 }
 
+// envoyWindow is Envoy's default HTTP/2 stream and connection window
+// (Http2ProtocolOptions initial_stream_window_size and
+// initial_connection_window_size), which its xDS connection uses.
+const envoyWindow = 256 << 20
+
 // start runs every prepared proxy that is not running yet, each on its own
 // connection.
 func (f *Fleet) start() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, p := range f.proxies[len(f.conns):] {
-		conn, err := grpc.NewClient(f.target,
+		opts := []grpc.DialOption{
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithConnectParams(grpc.ConnectParams{
 				Backoff: backoff.Config{
@@ -189,7 +194,16 @@ func (f *Fleet) start() error {
 			}),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30), grpc.ForceCodecV2(f.codec)),
 			experimental.WithBufferPool(f.codec.pool),
-		)
+		}
+		if p.spec.Pattern == EnvoyLike {
+			// Envoy's HTTP/2 client opens its xDS connection with fixed
+			// 256 MiB stream and connection windows and never estimates
+			// bandwidth, so it sends no BDP pings and almost no window
+			// updates; grpc-go's defaults (64 KiB, BDP estimation) stay
+			// for the gRPC-like proxies, which are grpc-go clients.
+			opts = append(opts, grpc.WithInitialWindowSize(envoyWindow), grpc.WithInitialConnWindowSize(envoyWindow))
+		}
+		conn, err := grpc.NewClient(f.target, opts...)
 		if err != nil {
 			return fmt.Errorf("proxy %s: %w", p.spec.Info.ID(), err)
 		}
