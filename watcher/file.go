@@ -293,7 +293,9 @@ func (f *fileScan) build(b Burst) {
 		}
 	}
 	f.seeds = nil
-	f.remember()
+	// What the files hold is saved after the build is handed on, which
+	// is what waits for it; the save itself is deferred (store.Defer).
+	defer f.remember()
 	if f.published != nil {
 		if !f.changed {
 			return
@@ -303,7 +305,7 @@ func (f *fileScan) build(b Burst) {
 			return
 		}
 	}
-	snap := f.assemble(f.sortedPaths())
+	snap := f.assemble(f.sortedPaths(), f.published != nil && !f.config && len(f.dups) == 0)
 	// The files' changes may cancel out (an object moved from one file to
 	// another) or hide behind a duplicate, so the snapshots are compared;
 	// that is cheap, as they share their unchanged slices. It is left out
@@ -606,7 +608,14 @@ func (f *fileScan) rel(p string) string {
 
 // assemble merges the good content of every file into one sorted snapshot.
 // paths is sorted, so on a duplicate the first path wins.
-func (f *fileScan) assemble(paths []string) *model.Snapshot {
+//
+// With endpointsOnly, the files changed nothing but EndpointSlices since
+// the published snapshot, which had no duplicates: its Services, Policies
+// and Routes are still exactly what the files hold, so the new snapshot
+// shares those slices instead of merging and sorting them again. Sharing
+// also lets the control plane's comparison of the two snapshots stop at the
+// slices' identity.
+func (f *fileScan) assemble(paths []string, endpointsOnly bool) *model.Snapshot {
 	type id struct {
 		kind string
 		key  model.Key
@@ -633,20 +642,28 @@ func (f *fileScan) assemble(paths []string) *model.Snapshot {
 		return false
 	}
 	snap := &model.Snapshot{}
+	if endpointsOnly {
+		snap.Services, snap.Policies, snap.Routes = f.published.Services, f.published.Policies, f.published.Routes
+		objects = len(f.published.EndpointSlices)
+		snap.EndpointSlices = make([]model.EndpointSlice, 0, objects)
+	}
 	for _, p := range paths {
 		st := f.files[p]
 		if st == nil || st.good == nil {
 			continue
 		}
 		// The inner slices are sorted already (sortInner) and shared.
-		for _, s := range st.good.Services {
-			if keep(KindService, s.Key, p) {
-				snap.Services = append(snap.Services, s)
-			}
-		}
 		for _, s := range st.good.EndpointSlices {
 			if keep(KindEndpointSlice, s.Key, p) {
 				snap.EndpointSlices = append(snap.EndpointSlices, s)
+			}
+		}
+		if endpointsOnly {
+			continue
+		}
+		for _, s := range st.good.Services {
+			if keep(KindService, s.Key, p) {
+				snap.Services = append(snap.Services, s)
 			}
 		}
 		for _, pol := range st.good.Policies {
@@ -663,8 +680,10 @@ func (f *fileScan) assemble(paths []string) *model.Snapshot {
 	f.dups = dups
 	// Sorting the whole snapshot would sort the shared inner slices in
 	// place, which readers of published snapshots may be reading.
-	slices.SortFunc(snap.Services, func(a, b model.Service) int { return a.Key.Compare(b.Key) })
 	slices.SortFunc(snap.EndpointSlices, func(a, b model.EndpointSlice) int { return a.Key.Compare(b.Key) })
-	(&model.Snapshot{Policies: snap.Policies, Routes: snap.Routes}).Sort()
+	if !endpointsOnly {
+		slices.SortFunc(snap.Services, func(a, b model.Service) int { return a.Key.Compare(b.Key) })
+		(&model.Snapshot{Policies: snap.Policies, Routes: snap.Routes}).Sort()
+	}
 	return snap
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/google/go-cmp/cmp"
@@ -196,6 +197,36 @@ func TestFileScanIncremental(t *testing.T) {
 		if slices.Contains(addresses(d.latest()), "127.0.0.9") || d.holds != holds {
 			t.Fatalf("removed EndpointSlice file not published as an endpoint change: %d holds, %+v", d.holds-holds, d.latest())
 		}
+	})
+
+	t.Run("an endpoint change shares the rest and still finds duplicates", func(t *testing.T) {
+		prev := d.latest()
+		write(t, a, echoService+"---\n"+echoSlice("127.0.0.3"))
+		step(t, a)
+		got := d.latest()
+		if !cmp.Equal(addresses(got), []string{"127.0.0.3"}) {
+			t.Fatalf("endpoint change not published: %+v", got.EndpointSlices)
+		}
+		if unsafe.SliceData(got.Services) != unsafe.SliceData(prev.Services) ||
+			unsafe.SliceData(got.Policies) != unsafe.SliceData(prev.Policies) {
+			t.Error("an endpoint change assembled Services and Policies again instead of sharing them")
+		}
+		// A second file defining the same EndpointSlice is an endpoint
+		// change too: reported, and the first path's slice is kept.
+		dup := filepath.Join(dir, "sub", "dup.yaml")
+		write(t, dup, echoSlice("127.0.0.4"))
+		errs := len(d.errs)
+		step(t, dup)
+		if !cmp.Equal(addresses(d.latest()), []string{"127.0.0.3"}) {
+			t.Fatalf("the duplicate EndpointSlice replaced the first one: %+v", d.latest().EndpointSlices)
+		}
+		if len(d.errs) != errs+1 || !strings.Contains(d.errs[errs].Error(), "defined in both") {
+			t.Fatalf("duplicate not reported: %v", d.errs[errs:])
+		}
+		if err := os.Remove(dup); err != nil {
+			t.Fatal(err)
+		}
+		step(t, dup)
 	})
 
 	t.Run("rename a file", func(t *testing.T) {
