@@ -106,6 +106,7 @@ func unmarshalShared(b []byte, req proto.Message) bool {
 	}
 	node, names := span{-1, -1}, span{-1, -1}
 	n := 0
+	var l *nameList
 	var rawNode, first, last []byte
 	for off := 0; off < len(b); {
 		num, typ, tl := protowire.ConsumeTag(b[off:])
@@ -133,6 +134,13 @@ func unmarshalShared(b []byte, req proto.Message) bool {
 				return false
 			}
 			if names.start == -1 {
+				// Most runs are a list the table holds, recognised
+				// by its bytes without walking its names.
+				if c := sharedLists.prefixOf(v, b[off:]); c != nil {
+					l, names = c, span{off, off + len(c.raw)}
+					off = names.end
+					continue
+				}
 				names.start, first = off, v
 			}
 			last = v
@@ -147,8 +155,7 @@ func unmarshalShared(b []byte, req proto.Message) bool {
 			off += tl + vl
 		}
 	}
-	var l *nameList
-	if n >= minSharedNames {
+	if l == nil && n >= minSharedNames {
 		l = sharedLists.byRaw(rawKey(n, names.end-names.start, first, last), b[names.start:names.end])
 	}
 	var shared *corev3.Node

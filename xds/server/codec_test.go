@@ -320,6 +320,26 @@ func TestCodecNamesNotInOneRun(t *testing.T) {
 	}
 }
 
+// TestCodecNamesExtendingASharedList: a request whose names start with a
+// shared list's but go on is not given that list.
+func TestCodecNamesExtendingASharedList(t *testing.T) {
+	in := newInterner(internLimit)
+	names := loadAssignmentNames(minSharedNames + 1)
+	in.list(slices.Clone(names[:minSharedNames]))
+	for _, req := range []*discoveryv3.DiscoveryRequest{
+		{ResourceNames: names, TypeUrl: resourcev3.EndpointType},
+		{ResourceNames: names[:minSharedNames], TypeUrl: resourcev3.EndpointType},
+	} {
+		got, err := decode(t, marshal(t, req))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(req, got, protocmp.Transform()); diff != "" {
+			t.Errorf("decoded request (-want +got):\n%s", diff)
+		}
+	}
+}
+
 // FuzzCodec: whatever the bytes, the codec decodes a DiscoveryRequest and
 // a DeltaDiscoveryRequest as protobuf does, or fails where it fails.
 func FuzzCodec(f *testing.F) {
@@ -329,6 +349,7 @@ func FuzzCodec(f *testing.F) {
 	for _, req := range []proto.Message{
 		&discoveryv3.DiscoveryRequest{ResourceNames: names, VersionInfo: "v", ResponseNonce: "1"},
 		&discoveryv3.DiscoveryRequest{ResourceNames: names[:2], TypeUrl: resourcev3.ClusterType},
+		&discoveryv3.DiscoveryRequest{ResourceNames: append(slices.Clone(names), "extra"), ResponseNonce: "2"},
 		&discoveryv3.DiscoveryRequest{Node: testNode("web"), ResourceNames: names},
 		&discoveryv3.DiscoveryRequest{Node: testNode("web"), TypeUrl: resourcev3.ClusterType},
 		&discoveryv3.DeltaDiscoveryRequest{Node: testNode("web"), ResourceNamesSubscribe: names[:2]},

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"unsafe"
+
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // internLimit is how many strings one generation of the intern table holds:
@@ -160,19 +162,23 @@ type lists struct {
 	cur, prev *listGen
 }
 
-// listGen is one generation of lists, indexed three ways: by the addresses
-// of their interned names (list), by how a request encodes them (the
-// codec) and by the address of their slice (a request the codec already
-// gave a shared list).
+// listGen is one generation of lists, indexed four ways: by the addresses
+// of their interned names (list), by how a request encodes them and by
+// their first name (the codec), and by the address of their slice (a
+// request the codec already gave a shared list).
 type listGen struct {
-	byAddr map[uint64][]*nameList
-	byRaw  map[uint64][]*nameList
-	byData map[*string]*nameList
-	size   int // names
+	byAddr  map[uint64][]*nameList
+	byRaw   map[uint64][]*nameList
+	byFirst map[string][]*nameList
+	byData  map[*string]*nameList
+	size    int // names
 }
 
 func newListGen() *listGen {
-	return &listGen{byAddr: map[uint64][]*nameList{}, byRaw: map[uint64][]*nameList{}, byData: map[*string]*nameList{}}
+	return &listGen{
+		byAddr: map[uint64][]*nameList{}, byRaw: map[uint64][]*nameList{},
+		byFirst: map[string][]*nameList{}, byData: map[*string]*nameList{},
+	}
 }
 
 // list returns the shared list equal to s, adding it, its names interned,
@@ -259,6 +265,35 @@ func (l *lists) byRaw(key uint64, run []byte) *nameList {
 	return nil
 }
 
+// prefixOf returns the list whose encoded names b starts with, followed by
+// no further name, given first, the first name b encodes; or nil. It lets
+// the codec recognise a request's run of names by comparing bytes, without
+// walking the run's thousand fields to find where it ends.
+func (l *lists) prefixOf(first, b []byte) *nameList {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, g := range []*listGen{l.cur, l.prev} {
+		if g == nil {
+			continue
+		}
+		for _, c := range g.byFirst[string(first)] {
+			if !bytes.HasPrefix(b, c.raw) {
+				continue
+			}
+			if rest := b[len(c.raw):]; len(rest) > 0 {
+				if num, _, n := protowire.ConsumeTag(rest); n < 0 || num == resourceNamesField {
+					continue
+				}
+			}
+			if g == l.prev {
+				l.putLocked(addrKey(c.names), c)
+			}
+			return c
+		}
+	}
+	return nil
+}
+
 // putLocked adds c, under its address key, to the current generation,
 // starting a new one when it is full.
 func (l *lists) putLocked(key uint64, c *nameList) {
@@ -272,6 +307,9 @@ func (l *lists) putLocked(key uint64, c *nameList) {
 	}
 	raw := rawKeyOf(c)
 	g.byRaw[raw] = append(g.byRaw[raw], c)
+	if len(c.names) >= minSharedNames {
+		g.byFirst[c.names[0]] = append(g.byFirst[c.names[0]], c)
+	}
 	g.byData[unsafe.SliceData(c.names)] = c
 	g.size += len(c.names)
 }
