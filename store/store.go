@@ -1,13 +1,10 @@
 package store
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -36,11 +33,16 @@ var (
 	bucketTokens = []byte("tokens")
 )
 
-// Keys in bucketConfig.
+// Nested buckets of bucketConfig (layout.go). Each was one JSON value
+// before the config was stored per object; Load still reads that form, and
+// the key's next save replaces it.
 var (
+	// keySnapshot holds one bucket per kind, one value per object.
 	keySnapshot = []byte("snapshot")
+	// keyAccepted holds one value per accepted policy.
 	keyAccepted = []byte("accepted")
-	keyFiles    = []byte("files")
+	// keyFiles holds one value per file, keyed by its relative path.
+	keyFiles = []byte("files")
 )
 
 // Store is an open data directory. Its methods are safe for concurrent use.
@@ -52,9 +54,17 @@ type Store struct {
 	mu      sync.Mutex
 	delay   time.Duration
 	onError func(error)
-	pending map[string]any
+	pending saves
 	timer   *time.Timer
 	closed  bool
+
+	// wmu serialises writes, so that they reach the file in the order of
+	// the saves and each compares against what the one before it wrote.
+	wmu sync.Mutex
+	// saved is what the config bucket holds, as the values last written: a
+	// write puts only the objects and files that differ from it. A key
+	// this Store has not written yet is rewritten whole on its first save.
+	saved saves
 }
 
 // Open opens (creating if needed) DATA/fjord.db in the data directory dir.
@@ -88,56 +98,117 @@ func Open(dir string) (*Store, error) {
 // Defer makes SaveConfig, SaveAccepted and SaveFiles return at once and
 // write delay later, keeping only the latest value of each and writing them
 // in one transaction, so a burst of changes costs one write. It exists for
-// the control plane's build path: every saved value is the whole config,
-// and encoding and syncing it on every endpoint change would compete for
-// the CPU with the push that change has just started. A failed write is
-// handed to onError. Reads and Close write what is pending first; a crash
-// loses at most delay's worth of saves, which the config source has anyway.
-// Values handed to a deferred save must not be changed afterwards.
+// the control plane's build path: a save follows every build, and even
+// comparing it with the last one and syncing the few objects that changed
+// would compete for the CPU with the push that build has just started. A
+// failed write is handed to onError. Reads and Close write what is pending
+// first; a crash loses at most delay's worth of saves, which the config
+// source has anyway.
 func (s *Store) Defer(delay time.Duration, onError func(error)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.delay, s.onError = delay, onError
 }
 
+// saves are values to write, or the values last written; a key whose has
+// flag is false is not part of them.
+type saves struct {
+	snap        *model.Snapshot
+	accepted    []model.Policy
+	files       map[string][]byte
+	hasSnap     bool
+	hasAccepted bool
+	hasFiles    bool
+}
+
+// keys names the keys of v, sorted, for errors.
+func (v *saves) keys() string {
+	var k []string
+	if v.hasAccepted {
+		k = append(k, string(keyAccepted))
+	}
+	if v.hasFiles {
+		k = append(k, string(keyFiles))
+	}
+	if v.hasSnap {
+		k = append(k, string(keySnapshot))
+	}
+	return strings.Join(k, ",")
+}
+
+// merge sets in v every key that o has.
+func (v *saves) merge(o saves) {
+	if o.hasSnap {
+		v.snap, v.hasSnap = o.snap, true
+	}
+	if o.hasAccepted {
+		v.accepted, v.hasAccepted = o.accepted, true
+	}
+	if o.hasFiles {
+		v.files, v.hasFiles = o.files, true
+	}
+}
+
 // flush writes every deferred save now.
 func (s *Store) flush() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	s.mu.Lock()
 	pending := s.pending
-	s.pending = nil
+	s.pending = saves{}
 	if s.timer != nil {
 		s.timer.Stop()
 		s.timer = nil
 	}
 	s.mu.Unlock()
-	if len(pending) == 0 {
+	if !pending.hasSnap && !pending.hasAccepted && !pending.hasFiles {
 		return nil
 	}
 	return s.write(pending)
 }
 
-// write encodes values and writes them to the config bucket in one
-// transaction; an error names every key.
-func (s *Store) write(values map[string]any) error {
-	data := make(map[string][]byte, len(values))
-	for key, v := range values {
-		b, err := json.Marshal(v)
-		if err != nil {
-			return fmt.Errorf("encoding %s/%s: %w", bucketConfig, key, err)
-		}
-		data[key] = b
-	}
+// errUnchanged rolls back a write that found nothing to change, so that it
+// writes no page at all.
+var errUnchanged = errors.New("nothing changed")
+
+// write brings the config bucket to values in one transaction, putting and
+// deleting only what differs from s.saved, so that a crash leaves either
+// the state before or the state after, never a mix. An error names every
+// key. The caller holds s.wmu.
+func (s *Store) write(values saves) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		for key, b := range data {
-			if err := tx.Bucket(bucketConfig).Put([]byte(key), b); err != nil {
+		cfg := tx.Bucket(bucketConfig)
+		changed := false
+		if values.hasSnap {
+			c, err := syncSnapshot(cfg, s.saved.snap, s.saved.hasSnap, values.snap)
+			if err != nil {
 				return err
 			}
+			changed = changed || c
+		}
+		if values.hasAccepted {
+			c, err := accepted.sync(cfg, s.saved.accepted, s.saved.hasAccepted, values.accepted)
+			if err != nil {
+				return err
+			}
+			changed = changed || c
+		}
+		if values.hasFiles {
+			c, err := syncFiles(cfg, s.saved.files, s.saved.hasFiles, values.files)
+			if err != nil {
+				return err
+			}
+			changed = changed || c
+		}
+		if !changed {
+			return errUnchanged
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("saving %s/%s: %w", bucketConfig, strings.Join(slices.Sorted(maps.Keys(data)), ","), err)
+	if err != nil && !errors.Is(err, errUnchanged) {
+		return fmt.Errorf("saving %s/%s: %w", bucketConfig, values.keys(), err)
 	}
+	s.saved.merge(values)
 	return nil
 }
 
@@ -150,59 +221,68 @@ func (s *Store) Close() error {
 	return errors.Join(ferr, s.db.Close())
 }
 
-// SaveConfig records the snapshot that was last built and served.
+// SaveConfig records the snapshot that was last built and served. The store
+// keeps snap as its record of what it wrote, so snap must not be changed
+// afterwards (a published model.Snapshot never is).
 func (s *Store) SaveConfig(snap *model.Snapshot) error {
-	return s.put(keySnapshot, snap)
+	if snap == nil {
+		snap = &model.Snapshot{}
+	}
+	return s.put(saves{snap: snap, hasSnap: true})
 }
 
 // LoadConfig returns the saved snapshot; ok is false when none was saved.
+// Its slices are in key order, the order of a sorted model.Snapshot.
 func (s *Store) LoadConfig() (snap *model.Snapshot, ok bool, err error) {
-	snap = &model.Snapshot{}
-	ok, err = s.get(keySnapshot, snap)
-	if !ok || err != nil {
+	err = s.read(func(cfg *bolt.Bucket) error {
+		snap, ok, err = loadSnapshot(cfg)
+		return err
+	})
+	if err != nil {
 		return nil, false, err
 	}
-	return snap, true, nil
+	return snap, ok, nil
 }
 
 // SaveAccepted records the policies the last build used (policy.Mesh's
 // Accepted), so that a policy whose spec turns invalid keeps being served as
-// last accepted across restarts.
+// last accepted across restarts. Like SaveConfig, it keeps p.
 func (s *Store) SaveAccepted(p []model.Policy) error {
-	return s.put(keyAccepted, p)
+	return s.put(saves{accepted: p, hasAccepted: true})
 }
 
-// LoadAccepted returns the saved accepted policies, nil if none.
-func (s *Store) LoadAccepted() ([]model.Policy, error) {
-	var p []model.Policy
-	if _, err := s.get(keyAccepted, &p); err != nil {
-		return nil, err
-	}
-	return p, nil
+// LoadAccepted returns the saved accepted policies in key order, nil if
+// none.
+func (s *Store) LoadAccepted() (p []model.Policy, err error) {
+	err = s.read(func(cfg *bolt.Bucket) error {
+		p, err = loadAccepted(cfg)
+		return err
+	})
+	return p, err
 }
 
 // SaveFiles records the last good content of every file of the config
-// directory, by relative path (see watcher.FileMemory).
+// directory, by relative path (see watcher.FileMemory). The store keeps
+// files, its keys and its contents as its record of what it wrote: they must
+// not be changed afterwards; a later save hands a new map, which may share
+// the contents that did not change.
 func (s *Store) SaveFiles(files map[string][]byte) error {
-	return s.put(keyFiles, files)
+	return s.put(saves{files: files, hasFiles: true})
 }
 
 // LoadFiles returns what SaveFiles saved, nil if nothing.
-func (s *Store) LoadFiles() (map[string][]byte, error) {
-	var f map[string][]byte
-	if _, err := s.get(keyFiles, &f); err != nil {
-		return nil, err
-	}
-	return f, nil
+func (s *Store) LoadFiles() (f map[string][]byte, err error) {
+	err = s.read(func(cfg *bolt.Bucket) error {
+		f, err = loadFiles(cfg)
+		return err
+	})
+	return f, err
 }
 
-func (s *Store) put(key []byte, v any) error {
+func (s *Store) put(v saves) error {
 	s.mu.Lock()
 	if s.delay > 0 && !s.closed {
-		if s.pending == nil {
-			s.pending = map[string]any{}
-		}
-		s.pending[string(key)] = v
+		s.pending.merge(v)
 		if s.timer == nil {
 			s.timer = time.AfterFunc(s.delay, s.flushLater)
 		}
@@ -210,7 +290,9 @@ func (s *Store) put(key []byte, v any) error {
 		return nil
 	}
 	s.mu.Unlock()
-	return s.write(map[string]any{string(key): v})
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.write(v)
 }
 
 // flushLater is the deferred write.
@@ -226,24 +308,11 @@ func (s *Store) flushLater() {
 	}
 }
 
-func (s *Store) get(key []byte, into any) (bool, error) {
+// read writes what is pending, then runs fn on the config bucket in a read
+// transaction. Values are only valid inside it: fn decodes or copies them.
+func (s *Store) read(fn func(cfg *bolt.Bucket) error) error {
 	if err := s.flush(); err != nil {
-		return false, err
+		return err
 	}
-	var data []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
-		// Values are only valid inside the transaction: copy.
-		data = append([]byte(nil), tx.Bucket(bucketConfig).Get(key)...)
-		return nil
-	})
-	if err != nil {
-		return false, fmt.Errorf("reading %s/%s: %w", bucketConfig, key, err)
-	}
-	if len(data) == 0 {
-		return false, nil
-	}
-	if err := json.Unmarshal(data, into); err != nil {
-		return false, fmt.Errorf("decoding %s/%s: %w", bucketConfig, key, err)
-	}
-	return true, nil
+	return s.db.View(func(tx *bolt.Tx) error { return fn(tx.Bucket(bucketConfig)) })
 }
