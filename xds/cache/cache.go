@@ -93,7 +93,10 @@ type entry struct {
 // is immutable: Update replaces it as a whole, so a response built from it
 // stays consistent without holding a lock. Only the selection memo grows.
 type typeSnapshot struct {
-	byName  map[string]*entry
+	// index maps each name to its entry's place in sorted. A patch that
+	// only replaces entries keeps every place, so it shares the index of
+	// the snapshot it patched instead of building another (see patch).
+	index   map[string]int
 	sorted  []*entry   // by name
 	version string     // hash over all (name, version) pairs
 	gen     string     // unique per snapshot of the cache, see deltaRespond
@@ -142,17 +145,24 @@ func (ts *typeSnapshot) record() string {
 var emptySnapshot = newTypeSnapshot(nil, "0")
 
 func newTypeSnapshot(sorted []*entry, gen string) *typeSnapshot {
-	ts := &typeSnapshot{
-		byName: make(map[string]*entry, len(sorted)),
-		sorted: sorted,
-		gen:    gen,
+	index := make(map[string]int, len(sorted))
+	for i, e := range sorted {
+		index[e.name] = i
 	}
-	for _, e := range sorted {
-		ts.byName[e.name] = e
+	return snapshotOf(index, newSelection(sorted), gen)
+}
+
+// snapshotOf is the snapshot of the entries of all, which index indexes.
+func snapshotOf(index map[string]int, all *selection, gen string) *typeSnapshot {
+	return &typeSnapshot{index: index, sorted: all.entries, version: all.version, gen: gen, all: all}
+}
+
+// get returns the entry named name, or nil.
+func (ts *typeSnapshot) get(name string) *entry {
+	if i, ok := ts.index[name]; ok {
+		return ts.sorted[i]
 	}
-	ts.all = newSelection(sorted)
-	ts.version = ts.all.version
-	return ts
+	return nil
 }
 
 // kindState is what one view of one proxy kind is served (see SetViews),
@@ -163,7 +173,7 @@ type kindState struct {
 	// are held: answering early would tell proxies that nothing exists.
 	ready   bool
 	types   [numTypes]*typeSnapshot
-	watches [numTypes]map[*watch]struct{}
+	watches [numTypes]watchSet
 	// history holds recent snapshots' entries, for delta clients' records.
 	// It has its own lock: responses read it outside Cache.mu.
 	history [numTypes]history
@@ -207,7 +217,7 @@ func (c *Cache) viewLocked(k viewKey) *kindState {
 		ks = &kindState{key: k}
 		for t := range ks.types {
 			ks.types[t] = emptySnapshot
-			ks.watches[t] = map[*watch]struct{}{}
+			ks.watches[t] = watchSet{}
 		}
 		c.views[k] = ks
 	}
@@ -401,12 +411,14 @@ func (ks *kindState) publishLocked(next [numTypes]*typeSnapshot, changed [numTyp
 		} else if len(scope) == 0 {
 			continue
 		}
-		for w := range ks.watches[t] {
-			if skip[w] {
+		for _, g := range ks.watches[t] {
+			if scope != nil && !g.interested(scope) {
 				continue
 			}
-			if scope == nil || w.interested(scope) {
-				out = append(out, woken{w: w, ts: next[t], changed: scope})
+			for _, w := range g.watches {
+				if !skip[w] {
+					out = append(out, woken{w: w, ts: next[t], changed: scope})
+				}
 			}
 		}
 	}
@@ -460,7 +472,7 @@ func (c *Cache) fanOut(woken []woken) int {
 	c.mu.Lock()
 	for i, wk := range woken {
 		if fired[i] {
-			delete(wk.w.home.watches[wk.w.t], wk.w)
+			wk.w.home.watches[wk.w.t].remove(wk.w)
 			n++
 		}
 	}
@@ -650,7 +662,7 @@ func diff(t typ, prev *typeSnapshot, in []marshalled, stats *Stats, gen func() s
 	present := make(map[string]struct{}, len(in))
 	for _, m := range in {
 		present[m.name] = struct{}{}
-		if e := prev.byName[m.name]; e != nil && e.version == m.version {
+		if e := prev.get(m.name); e != nil && e.version == m.version {
 			sorted = append(sorted, e)
 			continue
 		}
@@ -658,7 +670,7 @@ func diff(t typ, prev *typeSnapshot, in []marshalled, stats *Stats, gen func() s
 		changed[m.name] = struct{}{}
 		stats.Changed++
 	}
-	for name := range prev.byName {
+	for name := range prev.index {
 		if _, ok := present[name]; !ok {
 			changed[name] = struct{}{}
 			stats.Removed++
@@ -674,47 +686,61 @@ func diff(t typ, prev *typeSnapshot, in []marshalled, stats *Stats, gen func() s
 // patch builds the next snapshot of one type from prev with the upserted
 // resources in and the removed names gone, reusing every other entry, and
 // reports the names added, modified or removed. With no change it returns
-// prev itself.
+// prev itself. No name is both in in and in remove (PatchView refuses it).
+//
+// The common endpoint change only replaces entries: then the next snapshot
+// shares prev's index, copies its sorted entries and payloads, and hashes
+// again only the chunks of the version that hold a replaced entry (see
+// setVersion), instead of indexing and hashing every entry.
 func patch(t typ, prev *typeSnapshot, in []marshalled, remove []string, stats *Stats, gen func() string) (*typeSnapshot, map[string]struct{}) {
 	changed := map[string]struct{}{}
-	replaced := map[string]*entry{}
-	var added []*entry
+	var replaced, added []*entry
 	for _, m := range in {
-		old := prev.byName[m.name]
+		old := prev.get(m.name)
 		if old != nil && old.version == m.version {
 			continue
 		}
 		e := newEntry(t, m)
 		if old != nil {
-			replaced[m.name] = e
+			replaced = append(replaced, e)
 		} else {
 			added = append(added, e)
 		}
 		changed[m.name] = struct{}{}
 		stats.Changed++
 	}
-	removed := map[string]struct{}{}
+	var gone []string
 	for _, name := range remove {
-		if _, ok := prev.byName[name]; ok {
-			if _, dup := removed[name]; !dup {
-				removed[name] = struct{}{}
-				changed[name] = struct{}{}
-				stats.Removed++
-			}
+		if _, ok := prev.index[name]; !ok {
+			continue
+		}
+		// Not upserted, so in changed only if named twice in remove.
+		if _, dup := changed[name]; !dup {
+			changed[name] = struct{}{}
+			gone = append(gone, name)
+			stats.Removed++
 		}
 	}
 	if len(changed) == 0 {
 		return prev, nil
 	}
-	sorted := make([]*entry, 0, len(prev.sorted)+len(added)-len(removed))
-	for _, e := range prev.sorted {
-		if _, ok := removed[e.name]; ok {
-			continue
+
+	sorted := make([]*entry, len(prev.sorted), len(prev.sorted)+len(added))
+	copy(sorted, prev.sorted)
+	at := make([]int, 0, len(replaced))
+	for _, e := range replaced {
+		i := prev.index[e.name]
+		sorted[i] = e
+		at = append(at, i)
+	}
+	if len(added) == 0 && len(gone) == 0 {
+		return snapshotOf(prev.index, patchedSelection(prev.all, sorted, at), gen()), changed
+	}
+	if len(gone) > 0 {
+		for _, name := range gone {
+			sorted[prev.index[name]] = nil
 		}
-		if r := replaced[e.name]; r != nil {
-			e = r
-		}
-		sorted = append(sorted, e)
+		sorted = slices.DeleteFunc(sorted, func(e *entry) bool { return e == nil })
 	}
 	if len(added) > 0 {
 		sorted = append(sorted, added...)
@@ -730,39 +756,85 @@ func contentVersion(b []byte) string {
 	return hex.EncodeToString(sum[:8])
 }
 
+// versionChunk is how many consecutive (name, version) pairs of a sorted
+// set share one digest in setVersion. A patch that replaces a resource
+// changes one chunk, so only that chunk and the root are hashed again (see
+// patchedSelection) instead of every name of the type; with 64, a set of
+// 1,000 load assignments is 16 chunks and its root hashes 512 bytes.
+const versionChunk = 64
+
 // setVersion is the state-of-the-world version of a set of resources sorted
-// by name: a hash over their (name, version) pairs. A client that already
+// by name, with the chunk digests it is made of (see patchedSelection). It
+// is a two-level hash: each run of versionChunk (name, version) pairs is
+// hashed with SHA-256, and the version is the first 8 bytes of the SHA-256
+// of those digests in order. It depends only on the pairs, so equal content
+// has an equal version on every replica and across restarts, and different
+// content a different one unless SHA-256 collides. A client that already
 // acknowledged it holds exactly this content.
-func setVersion(sorted []*entry) string {
-	// The pairs are copied into one buffer and hashed a chunk at a time:
-	// written one by one through the hash.Hash interface, every string
-	// would be copied to the heap first (a patch of one load assignment
-	// hashes every name of its type again, for each kind).
-	h := sha256.New()
-	buf := make([]byte, 0, 4096)
+func setVersion(sorted []*entry) (string, []byte) {
+	var v versionHasher
 	for _, e := range sorted {
-		if len(buf) > 0 && len(buf)+len(e.name)+len(e.version)+2 > cap(buf) {
-			h.Write(buf)
-			buf = buf[:0]
-		}
-		buf = append(buf, e.name...)
-		buf = append(buf, 0)
-		buf = append(buf, e.version...)
-		buf = append(buf, 0)
+		v.add(e.name, e.version)
 	}
-	h.Write(buf)
-	return hex.EncodeToString(h.Sum(nil)[:8])
+	return v.sum()
 }
 
 // mapVersion is setVersion of a ReturnedResources map: the version of the
 // response that produced it, if the subscription has not shrunk since.
 func mapVersion(known map[string]string) string {
-	h := sha256.New()
+	var v versionHasher
 	for _, name := range slices.Sorted(maps.Keys(known)) {
-		h.Write([]byte(name))
-		h.Write([]byte{0})
-		h.Write([]byte(known[name]))
-		h.Write([]byte{0})
+		v.add(name, known[name])
 	}
-	return hex.EncodeToString(h.Sum(nil)[:8])
+	version, _ := v.sum()
+	return version
+}
+
+// versionHasher computes setVersion from the pairs in name order. The pairs
+// of a chunk are copied into one buffer and hashed at once: written one by
+// one through the hash.Hash interface, every string would be copied to the
+// heap first.
+type versionHasher struct {
+	buf     []byte
+	n       int    // pairs in buf
+	digests []byte // one SHA-256 per full chunk
+}
+
+func (v *versionHasher) add(name, version string) {
+	if v.buf == nil {
+		v.buf = make([]byte, 0, 4096)
+	}
+	v.buf = appendPair(v.buf, name, version)
+	v.n++
+	if v.n == versionChunk {
+		v.flush()
+	}
+}
+
+func (v *versionHasher) flush() {
+	sum := sha256.Sum256(v.buf)
+	v.digests = append(v.digests, sum[:]...)
+	v.buf, v.n = v.buf[:0], 0
+}
+
+// sum returns the version and the chunk digests. An empty set is one empty
+// chunk, so every set has at least one digest.
+func (v *versionHasher) sum() (string, []byte) {
+	if v.n > 0 || len(v.digests) == 0 {
+		v.flush()
+	}
+	return rootVersion(v.digests), v.digests
+}
+
+func appendPair(b []byte, name, version string) []byte {
+	b = append(b, name...)
+	b = append(b, 0)
+	b = append(b, version...)
+	return append(b, 0)
+}
+
+// rootVersion is the version of a set with these chunk digests.
+func rootVersion(digests []byte) string {
+	sum := sha256.Sum256(digests)
+	return hex.EncodeToString(sum[:8])
 }

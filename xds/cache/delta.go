@@ -74,7 +74,7 @@ func (w *watch) deltaRespond(ts *typeSnapshot, changed map[string]struct{}) cach
 		removed []string
 	)
 	check := func(name string) {
-		e := ts.byName[name]
+		e := ts.get(name)
 		v, ok := h.version(name)
 		if e == nil {
 			if ok {
@@ -116,7 +116,7 @@ func (w *watch) deltaRespond(ts *typeSnapshot, changed map[string]struct{}) cach
 			check(e.name)
 		}
 		h.each(func(name string) {
-			if ts.byName[name] == nil {
+			if ts.get(name) == nil {
 				removed = append(removed, name)
 			}
 		})
@@ -174,10 +174,10 @@ type deltaHeld struct {
 	subscribed map[string]struct{}
 	short, all bool
 	gen        string
-	// base is the record's snapshot's entries sorted by name; byName
-	// indexes them when it is the current snapshot.
-	base   []*entry
-	byName map[string]*entry
+	// base is the record's snapshot's entries sorted by name; cur is that
+	// snapshot when it is the current one, whose index finds them.
+	base []*entry
+	cur  *typeSnapshot
 }
 
 // held reads the watch's record against the snapshot ts. (A client could
@@ -198,7 +198,7 @@ func (w *watch) held(known map[string]string, ts *typeSnapshot) *deltaHeld {
 	h.short, h.gen = true, gen
 	switch base, ok := w.hist.get(gen); {
 	case gen == ts.gen:
-		h.base, h.byName = ts.sorted, ts.byName
+		h.base, h.cur = ts.sorted, ts
 	case ok:
 		h.base = base
 	default:
@@ -222,8 +222,8 @@ func parseRecord(table string) []*entry {
 }
 
 func (h *deltaHeld) lookup(name string) *entry {
-	if h.byName != nil {
-		return h.byName[name]
+	if h.cur != nil {
+		return h.cur.get(name)
 	}
 	return find(h.base, name)
 }
@@ -367,7 +367,7 @@ func (r *deltaResponse) record() map[string]string {
 		}
 		v, ok := h.version(name)
 		_, subscribed := h.subscribed[name]
-		e := ts.byName[name]
+		e := ts.get(name)
 		switch {
 		case !subscribed && !r.wildcard:
 			// Held outside the subscription (a reconnecting client's

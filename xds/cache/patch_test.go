@@ -2,6 +2,7 @@ package cache_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -171,6 +172,48 @@ func TestInvalidPatchChangesNothing(t *testing.T) {
 			fresh.request(nil, "")
 			if got := fresh.receive().GetVersionInfo(); got != before.GetVersionInfo() {
 				t.Errorf("version after a failed Patch = %s, want the old %s", got, before.GetVersionInfo())
+			}
+		})
+	}
+}
+
+// TestReplacingPatchEqualsUpdate patches a set of several version chunks
+// by replacing resources only, the endpoint fast path, and checks that
+// what is served and its version are what Update of the same set serves.
+func TestReplacingPatchEqualsUpdate(t *testing.T) {
+	eps := map[string]string{}
+	for i := range 300 {
+		eps[fmt.Sprintf("s%03d", i)] = fmt.Sprintf("10.0.%d.%d", i/256, i%256)
+	}
+	patched := newCache(t, services(eps))
+	tests := map[string][]string{
+		"first":            {"s000"},
+		"one chunk, twice": {"s001", "s063"},
+		"several chunks":   {"s064", "s200", "s150"},
+		"last, partial":    {"s299"},
+	}
+	for name, replace := range tests {
+		t.Run(name, func(t *testing.T) {
+			var upsert []*endpointv3.ClusterLoadAssignment
+			for i, n := range replace {
+				eps[n] = fmt.Sprintf("10.1.%d.%d", len(name), i)
+				upsert = append(upsert, loadAssignment(n, eps[n]))
+			}
+			st, err := patched.Patch(node.GRPC, &translate.Resources{Endpoints: upsert}, cache.Names{})
+			if err != nil {
+				t.Fatalf("Patch: %v", err)
+			}
+			if want := (cache.Stats{Changed: len(replace)}); st != want {
+				t.Errorf("stats = %+v, want %+v", st, want)
+			}
+			full := newCache(t, services(eps))
+			got, gotVersion := fetchAll(t, patched, node.GRPC, resourcev3.EndpointType, claName)
+			want, wantVersion := fetchAll(t, full, node.GRPC, resourcev3.EndpointType, claName)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("after Patch differs from Update (-update +patch):\n%s", diff)
+			}
+			if gotVersion != wantVersion {
+				t.Errorf("version after Patch = %s, after Update %s", gotVersion, wantVersion)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"hash/maphash"
 	"maps"
@@ -98,13 +99,46 @@ type selection struct {
 	list     []string   // a request's resource_names for them, see choose
 	entries  []*entry
 	payloads []*anypb.Any
+	chunks   []byte // the chunk digests of version, see setVersion
 	version  string
 	marker   string // the value of its ReturnedResources entry, see sotwMarker
 }
 
 func newSelection(entries []*entry) *selection {
-	v := setVersion(entries)
-	return &selection{entries: entries, payloads: payloadsOf(entries), version: v, marker: markerPrefix + v}
+	v, chunks := setVersion(entries)
+	return &selection{entries: entries, payloads: payloadsOf(entries), chunks: chunks, version: v, marker: markerPrefix + v}
+}
+
+// patchedSelection is newSelection(entries) for entries that differ from
+// prev's only at the indices at: it copies prev's payloads and chunk
+// digests, and hashes again only the chunks that hold a replaced entry.
+func patchedSelection(prev *selection, entries []*entry, at []int) *selection {
+	payloads := slices.Clone(prev.payloads)
+	chunks := slices.Clone(prev.chunks)
+	slices.Sort(at)
+	var buf []byte
+	last := -1
+	for _, i := range at {
+		payloads[i] = entries[i].any
+		c := i / versionChunk
+		if c == last {
+			continue
+		}
+		last = c
+		chunk := entries[c*versionChunk : min((c+1)*versionChunk, len(entries))]
+		n := 0
+		for _, e := range chunk {
+			n += len(e.name) + len(e.version) + 2
+		}
+		buf = slices.Grow(buf[:0], n)
+		for _, e := range chunk {
+			buf = appendPair(buf, e.name, e.version)
+		}
+		sum := sha256.Sum256(buf)
+		copy(chunks[c*sha256.Size:], sum[:])
+	}
+	v := rootVersion(chunks)
+	return &selection{entries: entries, payloads: payloads, chunks: chunks, version: v, marker: markerPrefix + v}
 }
 
 // payloadsOf is the state-of-the-world form of entries, in their order.
@@ -159,7 +193,7 @@ func sotwSelect(ts *typeSnapshot, wildcard bool, names map[string]struct{}) *sel
 		}
 	} else {
 		for n := range names {
-			if e := ts.byName[n]; e != nil {
+			if e := ts.get(n); e != nil {
 				entries = append(entries, e)
 			}
 		}
@@ -484,7 +518,7 @@ func changedPayloads(ts *typeSnapshot, sub cachev3.Subscription, changed map[str
 		if _, ok := large[name]; !ok && !wildcard {
 			continue
 		}
-		if e := ts.byName[name]; e != nil {
+		if e := ts.get(name); e != nil {
 			entries = append(entries, e)
 		}
 	}

@@ -57,10 +57,10 @@ func TestSotwSelect(t *testing.T) {
 			}
 			var want []*entry
 			for _, n := range tc.want {
-				want = append(want, ts.byName[n])
+				want = append(want, ts.get(n))
 			}
-			if got, wantVersion := sel.version, setVersion(want); got != wantVersion {
-				t.Errorf("version = %q, want %q", got, wantVersion)
+			if wantVersion, _ := setVersion(want); sel.version != wantVersion {
+				t.Errorf("version = %q, want %q", sel.version, wantVersion)
 			}
 			if len(sel.payloads) != len(sel.entries) {
 				t.Fatalf("%d payloads for %d entries", len(sel.payloads), len(sel.entries))

@@ -65,20 +65,20 @@ func (c *Cache) moveLocked(of map[string]string) map[*watch]bool {
 	moved := map[*watch]bool{}
 	for _, ks := range c.views {
 		for t := range numTypes {
-			for w := range ks.watches[t] {
+			ks.watches[t].each(func(w *watch) {
 				key := viewKey{kind: w.kind, view: c.viewOf[w.ns]}
 				if key == ks.key {
-					continue
+					return
 				}
 				to := c.viewLocked(key)
-				delete(ks.watches[t], w)
-				to.watches[t][w] = struct{}{}
+				ks.watches[t].remove(w)
+				to.watches[t].add(w)
 				w.home = to
 				w.mu.Lock()
 				w.hist = &to.history[t]
 				w.mu.Unlock()
 				moved[w] = true
-			}
+			})
 		}
 	}
 	return moved

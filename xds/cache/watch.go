@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"reflect"
 	"sync"
 
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -58,25 +59,103 @@ type watch struct {
 	reconciled bool
 	recent     *recentSelections
 	hist       *history
+
+	// group and slot place the watch in its view's watchSet while it is
+	// registered; Cache.mu guards them.
+	group groupKey
+	slot  int
 }
 
-// interested reports whether a change to any of the names can concern the
-// watch: it is wildcard, or subscribes to one of them.
-func (w *watch) interested(changed map[string]struct{}) bool {
-	if w.sub.IsWildcard() {
-		return true
+// overlap reports whether two sets share a name, walking the smaller.
+func overlap(a, b map[string]struct{}) bool {
+	if len(b) < len(a) {
+		a, b = b, a
 	}
-	subscribed := w.sub.SubscribedResources()
-	small, large := subscribed, changed
-	if len(changed) < len(subscribed) {
-		small, large = changed, subscribed
-	}
-	for name := range small {
-		if _, ok := large[name]; ok {
+	for name := range a {
+		if _, ok := b[name]; ok {
 			return true
 		}
 	}
 	return false
+}
+
+// watchSet is the registered watches of one type in one view, grouped by
+// subscription: the wildcard watches in one group, the others by the
+// identity of their set of names. xds/server gives every
+// state-of-the-world stream that sent the same list of names the same set,
+// so the hundreds of sidecars that subscribe alike form one group, and an
+// Update checks each group's interest once (see publishLocked) instead of
+// each watch's: what an endpoint change costs grows with the distinct
+// subscriptions, not with the proxies. A registered watch's subscription
+// does not change (see watch), so a group's set stands for all of its
+// watches' subscriptions; and the group holds its set, so no other set can
+// take its address while the group exists. Cache.mu guards it.
+type watchSet map[groupKey]*watchGroup
+
+// groupKey names a group: wildcard, or the address of a set of names.
+type groupKey struct {
+	wildcard bool
+	names    uintptr
+}
+
+// watchGroup is the watches of one subscription. Most groups of delta
+// streams, which own their sets, hold one watch, kept in one so that
+// registering it costs one allocation.
+type watchGroup struct {
+	wildcard bool
+	names    map[string]struct{}
+	watches  []*watch
+	one      [1]*watch
+}
+
+// interested reports whether a change to any of the names can concern the
+// group's watches: they are wildcard, or subscribe to one of them.
+func (g *watchGroup) interested(changed map[string]struct{}) bool {
+	return g.wildcard || overlap(g.names, changed)
+}
+
+// add registers w in the group of its subscription.
+func (s watchSet) add(w *watch) {
+	k := groupKey{wildcard: w.sub.IsWildcard()}
+	var names map[string]struct{}
+	if !k.wildcard {
+		names = w.sub.SubscribedResources()
+		k.names = reflect.ValueOf(names).Pointer()
+	}
+	g := s[k]
+	if g == nil {
+		g = &watchGroup{wildcard: k.wildcard, names: names}
+		g.watches = g.one[:0]
+		s[k] = g
+	}
+	w.group, w.slot = k, len(g.watches)
+	g.watches = append(g.watches, w)
+}
+
+// remove unregisters w, if it is registered.
+func (s watchSet) remove(w *watch) {
+	g := s[w.group]
+	if g == nil || w.slot >= len(g.watches) || g.watches[w.slot] != w {
+		return
+	}
+	last := len(g.watches) - 1
+	g.watches[w.slot] = g.watches[last]
+	g.watches[w.slot].slot = w.slot
+	g.watches[last] = nil
+	g.watches = g.watches[:last]
+	if last == 0 {
+		delete(s, w.group)
+	}
+}
+
+// each calls f for every registered watch, in no particular order; f may
+// remove the watch it is given.
+func (s watchSet) each(f func(*watch)) {
+	for _, g := range s {
+		for i := len(g.watches) - 1; i >= 0; i-- {
+			f(g.watches[i])
+		}
+	}
 }
 
 // respond builds the watch's response from a snapshot, or returns nil
@@ -129,10 +208,10 @@ func (c *Cache) watchLocked(ks *kindState, w *watch) (cancel, send func()) {
 			}
 		}
 	}
-	ks.watches[w.t][w] = struct{}{}
+	ks.watches[w.t].add(w)
 	return func() {
 		c.mu.Lock()
-		delete(w.home.watches[w.t], w)
+		w.home.watches[w.t].remove(w)
 		c.mu.Unlock()
 		w.mu.Lock()
 		w.done = true
