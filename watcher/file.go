@@ -104,11 +104,13 @@ type fileScan struct {
 	// hold asks the coalescer to wait out the normal hold-off (Coalescer.Hold).
 	hold func()
 	// seeds is the last good content from the previous run, by relative
-	// path, used by the first build only; saved is what Memory holds, and
-	// unsaved says that the good content of some file may differ from it.
-	seeds   map[string][]byte
-	saved   map[string][]byte
-	unsaved bool
+	// path, used by the first build only; saved is what Memory holds.
+	// unsaved are the files whose good content may differ from it, and
+	// unsavedAll says any file's may (nothing was saved by this run yet).
+	seeds      map[string][]byte
+	saved      map[string][]byte
+	unsaved    map[string]bool
+	unsavedAll bool
 	// changed says that the good content of some file changed since the
 	// last snapshot was assembled, and config that it changed in more than
 	// EndpointSlices.
@@ -204,7 +206,7 @@ func newFileScan(s *FileSource, log *slog.Logger, w *fsnotify.Watcher, publish f
 	src.Dir = filepath.Clean(s.Dir)
 	return &fileScan{
 		src: &src, log: log, watcher: w, publish: publish, hold: func() {},
-		files: map[string]*fileState{}, dups: map[string]bool{}, unsaved: true,
+		files: map[string]*fileState{}, dups: map[string]bool{}, unsaved: map[string]bool{}, unsavedAll: true,
 		watched: map[string]bool{}, dirty: map[string]bool{},
 	}
 }
@@ -324,9 +326,9 @@ func (f *fileScan) build(b Burst) {
 	f.publish(snap)
 }
 
-// replaced records that a file's good content went from old to new (either
-// nil when there is none) for the next build.
-func (f *fileScan) replaced(old, new *Objects) {
+// replaced records that the good content of file p went from old to new
+// (either nil when there is none) for the next build.
+func (f *fileScan) replaced(p string, old, new *Objects) {
 	var o, n Objects
 	if old != nil {
 		o = *old
@@ -340,7 +342,9 @@ func (f *fileScan) replaced(old, new *Objects) {
 	if !same(o.EndpointSlices, n.EndpointSlices) {
 		f.changed = true
 	}
-	f.unsaved = true
+	if f.src.Memory != nil {
+		f.unsaved[p] = true
+	}
 }
 
 func same[T any](a, b []T) bool {
@@ -427,7 +431,7 @@ func (f *fileScan) forget(p string) {
 	delete(f.files, p)
 	f.paths = nil
 	if st.good != nil {
-		f.replaced(st.good, nil)
+		f.replaced(p, st.good, nil)
 	}
 }
 
@@ -555,7 +559,7 @@ func (f *fileScan) read(p string) {
 			"path", p, "document", r.Document, "apiVersion", r.APIVersion, "kind", r.Kind, "object", r.Key.String())
 	}
 	sortInner(objs)
-	f.replaced(st.good, objs)
+	f.replaced(p, st.good, objs)
 	st.good, st.goodData = objs, data
 }
 
@@ -573,30 +577,47 @@ func (f *fileScan) recall(p string, st *fileState) {
 	}
 	f.log.Warn("using the last good content from the previous run", "path", p)
 	sortInner(objs)
-	f.replaced(st.good, objs)
+	f.replaced(p, st.good, objs)
 	st.good, st.goodData = objs, seed
 }
 
 // remember hands the good content of every file to Memory when it changed.
+// After the first save it starts from what it saved and redoes only the
+// files that changed since: an endpoint flip re-reads one file of
+// thousands.
 func (f *fileScan) remember() {
-	if f.src.Memory == nil || !f.unsaved {
+	if f.src.Memory == nil || !f.unsavedAll && len(f.unsaved) == 0 {
 		return
 	}
-	good := map[string][]byte{}
-	for p, st := range f.files {
-		if st.good != nil {
-			good[f.rel(p)] = st.goodData
+	var good map[string][]byte
+	if f.unsavedAll || f.saved == nil {
+		good = map[string][]byte{}
+		for p, st := range f.files {
+			if st.good != nil {
+				good[f.rel(p)] = st.goodData
+			}
+		}
+	} else {
+		good = maps.Clone(f.saved)
+		for p := range f.unsaved {
+			if st := f.files[p]; st != nil && st.good != nil {
+				good[f.rel(p)] = st.goodData
+			} else {
+				delete(good, f.rel(p))
+			}
 		}
 	}
+	clear(f.unsaved)
+	f.unsavedAll = false
 	if maps.EqualFunc(good, f.saved, bytes.Equal) {
-		f.unsaved = false
 		return
 	}
 	if err := f.src.Memory.SaveFiles(good); err != nil {
 		f.reportError("cannot save the files' last good content", err, "dir", f.src.Dir)
+		f.unsavedAll = true
 		return
 	}
-	f.saved, f.unsaved = good, false
+	f.saved = good
 }
 
 func (f *fileScan) rel(p string) string {

@@ -522,3 +522,51 @@ func BenchmarkFileScanFlip(b *testing.B) {
 		})
 	}
 }
+
+// TestFileScanRemembersIncrementally: after the first save, the memory is
+// brought up to date from the files that changed, and holds exactly what a
+// save of every file would: a file rewritten, one removed, one added, a
+// broken edit (which keeps its last good content).
+func TestFileScanRemembersIncrementally(t *testing.T) {
+	dir := t.TempDir()
+	a, b, c := filepath.Join(dir, "a.yaml"), filepath.Join(dir, "sub", "b.yaml"), filepath.Join(dir, "c.yaml")
+	write(t, a, echoService+"---\n"+echoSlice("127.0.0.1"))
+	write(t, b, breakerPolicy)
+	d := newDriven(t, dir)
+	mem := &memory{}
+	d.src.Memory = mem
+	d.build(Burst{})
+	check := func(t *testing.T, want map[string]string) {
+		t.Helper()
+		got := map[string]string{}
+		for k, v := range mem.files {
+			got[k] = string(v)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Fatalf("memory (-want +got):\n%s", diff)
+		}
+	}
+	check(t, map[string]string{"a.yaml": echoService + "---\n" + echoSlice("127.0.0.1"), "sub/b.yaml": breakerPolicy})
+	saves := mem.saves
+
+	write(t, a, echoService+"---\n"+echoSlice("127.0.0.2"))
+	write(t, c, strings.Replace(breakerPolicy, "name: breaker", "name: other", 1))
+	if err := os.Remove(b); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{a, b, c} {
+		d.note(p)
+	}
+	d.build(Burst{})
+	check(t, map[string]string{
+		"a.yaml": echoService + "---\n" + echoSlice("127.0.0.2"),
+		"c.yaml": strings.Replace(breakerPolicy, "name: breaker", "name: other", 1),
+	})
+
+	write(t, c, "kind: [broken\n")
+	d.note(c)
+	d.build(Burst{})
+	if mem.saves != saves+1 {
+		t.Fatalf("%d saves after a broken edit changed no good content, want none", mem.saves-saves-1)
+	}
+}
