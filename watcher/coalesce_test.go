@@ -347,7 +347,7 @@ func TestCoalescerEndpointHoldOff(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			clk := newFakeClock()
 			var b burstLog
-			c := NewCoalescer(b.build, CoalesceOptions{Clock: clk})
+			c := NewCoalescer(b.build, CoalesceOptions{Clock: clk, EndpointHoldOff: 5 * time.Millisecond})
 			defer c.Stop()
 			c.MarkSynced()
 			for i, s := range steps {
@@ -432,6 +432,25 @@ func TestCoalescerHold(t *testing.T) {
 
 // TestCoalescerEndpointHoldOffNeverExceedsHoldOff: an endpoint hold-off
 // left at its default follows a shorter normal one.
+// TestCoalescerDefaultEndpointHoldOff: without EndpointHoldOff an endpoint
+// change waits DefaultEndpointHoldOff.
+func TestCoalescerDefaultEndpointHoldOff(t *testing.T) {
+	clk := newFakeClock()
+	var b burstLog
+	c := NewCoalescer(b.build, CoalesceOptions{Clock: clk})
+	defer c.Stop()
+	c.MarkSynced()
+	c.TriggerEndpoints()
+	clk.Advance(DefaultEndpointHoldOff - time.Nanosecond)
+	if got := len(b.get()); got != 1 {
+		t.Fatalf("%d builds before the default endpoint hold-off, want 1 (the initial one)", got)
+	}
+	clk.Advance(time.Nanosecond)
+	if got := b.get(); len(got) != 2 || got[1] != (Burst{Endpoints: true}) {
+		t.Fatalf("builds after the default endpoint hold-off: %+v, want the initial one and an endpoint build", got)
+	}
+}
+
 func TestCoalescerEndpointHoldOffNeverExceedsHoldOff(t *testing.T) {
 	clk := newFakeClock()
 	var b burstLog
