@@ -312,6 +312,12 @@ type Sample struct {
 	// HeapInuseBytes and Goroutines come from /metrics (Go runtime).
 	HeapInuseBytes float64 `json:"heapInuseBytes"`
 	Goroutines     float64 `json:"goroutines"`
+	// HeapFreeBytes is heap memory the Go runtime holds free but has not
+	// returned to the system yet (idle minus released), and
+	// StackInuseBytes the goroutine stacks: with HeapInuseBytes, what
+	// resident memory is made of.
+	HeapFreeBytes   float64 `json:"heapFreeBytes"`
+	StackInuseBytes float64 `json:"stackInuseBytes"`
 	// BuildSeconds and Builds are fjord_build_seconds' sum and count.
 	BuildSeconds float64 `json:"buildSeconds"`
 	Builds       float64 `json:"builds"`
@@ -335,6 +341,8 @@ func (cp *ControlPlane) Sample(ctx context.Context) (Sample, error) {
 	}
 	s.HeapInuseBytes = m["go_memstats_heap_inuse_bytes"]
 	s.Goroutines = m["go_goroutines"]
+	s.HeapFreeBytes = m["go_memstats_heap_idle_bytes"] - m["go_memstats_heap_released_bytes"]
+	s.StackInuseBytes = m["go_memstats_stack_inuse_bytes"]
 	s.BuildSeconds = m["fjord_build_seconds_sum"]
 	s.Builds = m["fjord_build_seconds_count"]
 	s.Pushes = m["fjord_xds_pushes_total"]

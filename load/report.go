@@ -71,18 +71,19 @@ func WriteMarkdown(w io.Writer, rep *Report) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Memory and initial sync as proxies connect (control plane after each step settled; sync: from the step's start to each new proxy's ACK of its whole configuration).")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| run | services × endpoints | proxies | sync p50 ms | sync max ms | not synced | RSS MB | heap in use MB | after forced GC | goroutines | harness RSS MB |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+	fmt.Fprintln(w, "| run | services × endpoints | proxies | sync p50 ms | sync max ms | not synced | RSS MB | heap in use MB | free heap kept MB | stacks MB | after forced GC | goroutines | harness RSS MB |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
 	for _, run := range rep.Runs {
 		for _, st := range run.Ramp {
 			gc := "no"
 			if st.GCForced {
 				gc = "yes"
 			}
-			fmt.Fprintf(w, "| %s | %d × %d | %d | %s | %s | %d | %s | %s | %s | %.0f | %s |\n",
+			fmt.Fprintf(w, "| %s | %d × %d | %d | %s | %s | %d | %s | %s | %s | %s | %s | %.0f | %s |\n",
 				run.Spec.Name, run.Spec.Mesh.Services, run.Spec.Mesh.Endpoints, st.Proxies,
 				f1(st.Sync.P50), f1(st.Sync.Max), st.NotSynced,
-				mb(st.Sample.RSSBytes), mb(st.Sample.HeapInuseBytes), gc, st.Sample.Goroutines, mb(st.LoadRSSBytes))
+				mb(st.Sample.RSSBytes), mb(st.Sample.HeapInuseBytes), mb(st.Sample.HeapFreeBytes), mb(st.Sample.StackInuseBytes),
+				gc, st.Sample.Goroutines, mb(st.LoadRSSBytes))
 		}
 	}
 	fmt.Fprintln(w)
