@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
-	"unsafe"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 
@@ -197,7 +196,7 @@ func changedServices(prev, next []model.EndpointSlice) map[model.Key]bool {
 			out[owner(&next[j])] = true
 			j++
 		default:
-			if !sameSlice(&prev[i], &next[j]) {
+			if !prev[i].Equal(&next[j]) {
 				out[owner(&prev[i])], out[owner(&next[j])] = true, true
 			}
 			i++
@@ -205,22 +204,6 @@ func changedServices(prev, next []model.EndpointSlice) map[model.Key]bool {
 		}
 	}
 	return out
-}
-
-// sameSlice compares two EndpointSlices field by field; every field of
-// model.EndpointSlice, EndpointPort and Endpoint is compared (a test keeps
-// this true as the model grows).
-func sameSlice(a, b *model.EndpointSlice) bool {
-	return a.Key == b.Key && a.Service == b.Service &&
-		sameElems(a.Ports, b.Ports) && sameElems(a.Endpoints, b.Endpoints)
-}
-
-// sameElems is slices.Equal with a shortcut for one slice held twice:
-// sources share the inner lists of objects they did not change between
-// snapshots, so most EndpointSlices of an endpoint build compare by
-// identity instead of element by element.
-func sameElems[T comparable](a, b []T) bool {
-	return len(a) == len(b) && (len(a) == 0 || unsafe.SliceData(a) == unsafe.SliceData(b) || slices.Equal(a, b))
 }
 
 // changedPort is one port of a Service whose endpoints were recomputed.

@@ -390,23 +390,6 @@ func jsonOf(t *testing.T, v any) string {
 	return string(b)
 }
 
-// TestSameSliceComparesEveryField keeps sameSlice honest: it compares the
-// fields it knows, so a field added to the model must be added there too.
-func TestSameSliceComparesEveryField(t *testing.T) {
-	for typ, want := range map[reflect.Type]int{
-		reflect.TypeFor[model.EndpointSlice](): 4, // Key, Service, Ports, Endpoints
-		reflect.TypeFor[model.EndpointPort]():  2,
-		reflect.TypeFor[model.Endpoint]():      5,
-	} {
-		if got := typ.NumField(); got != want {
-			t.Errorf("%s has %d fields, sameSlice knows %d: compare the new ones in sameSlice", typ, got, want)
-		}
-		if !typ.Comparable() && typ != reflect.TypeFor[model.EndpointSlice]() {
-			t.Errorf("%s is no longer comparable: slices.Equal in sameSlice no longer compiles", typ)
-		}
-	}
-}
-
 // sotwWatch is one state-of-the-world watch as an xDS server opens it:
 // the client holds what it was last sent.
 type sotwWatch struct {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
-	"slices"
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
@@ -64,30 +63,6 @@ func compareRoute(a, b *model.Route) int {
 	return strings.Compare(string(a.Kind), string(b.Kind))
 }
 
-// equalService and equalEndpointSlice tell whether an object changed, for
-// the kinds an endpoint change touches: thousands of them are compared after
-// every change, and reflect.DeepEqual spent more CPU on that than the write
-// itself. Every field takes part (TestEqualNamesEveryField), and a nil slice
-// differs from an empty one because they encode differently.
-func equalService(a, b *model.Service) bool {
-	return a.Key == b.Key && equalSlices(a.Ports, b.Ports) &&
-		equalSlices(a.ServiceAccounts, b.ServiceAccounts) && equalSlices(a.ExportTo, b.ExportTo)
-}
-
-func equalEndpointSlice(a, b *model.EndpointSlice) bool {
-	return a.Key == b.Key && a.Service == b.Service &&
-		equalSlices(a.Ports, b.Ports) && equalSlices(a.Endpoints, b.Endpoints)
-}
-
-// equalSlices is slices.Equal, which also tells nil from empty and settles
-// a slice shared with the last save at once.
-func equalSlices[T comparable](a, b []T) bool {
-	if (a == nil) != (b == nil) || len(a) != len(b) {
-		return false
-	}
-	return len(a) == 0 || &a[0] == &b[0] || slices.Equal(a, b)
-}
-
 // deepEqual compares the kinds a mesh has few of, and whose nested fields
 // would make a hand-written comparison easy to get out of date.
 func deepEqual[T any](a, b *T) bool { return reflect.DeepEqual(a, b) }
@@ -105,8 +80,8 @@ type kind[T any] struct {
 }
 
 var (
-	services       = kind[model.Service]{kindServices, serviceKey, compareService, equalService}
-	endpointSlices = kind[model.EndpointSlice]{kindEndpointSlices, endpointSliceKey, compareEndpointSlice, equalEndpointSlice}
+	services       = kind[model.Service]{kindServices, serviceKey, compareService, (*model.Service).Equal}
+	endpointSlices = kind[model.EndpointSlice]{kindEndpointSlices, endpointSliceKey, compareEndpointSlice, (*model.EndpointSlice).Equal}
 	policies       = kind[model.Policy]{kindPolicies, policyKey, comparePolicy, deepEqual[model.Policy]}
 	routes         = kind[model.Route]{kindRoutes, routeKey, compareRoute, deepEqual[model.Route]}
 	accepted       = kind[model.Policy]{keyAccepted, policyKey, comparePolicy, deepEqual[model.Policy]}

@@ -7,6 +7,7 @@
 package model
 
 import (
+	"slices"
 	"cmp"
 	"sort"
 	"strings"
@@ -112,6 +113,33 @@ type Policy struct {
 	Generation        int64                          `json:"generation"`
 	CreationTimestamp time.Time                      `json:"creationTimestamp"`
 	Spec              fjordv1a1.ResiliencePolicySpec `json:"spec"`
+}
+
+// Equal reports whether s and o are the same Service, field for field (a
+// nil list differs from an empty one: they encode differently). Sources
+// and the control plane compare thousands of these after every change, so
+// it allocates nothing and settles a list held by both at once.
+func (s *Service) Equal(o *Service) bool {
+	return s.Key == o.Key && equalSlices(s.Ports, o.Ports) &&
+		equalSlices(s.ServiceAccounts, o.ServiceAccounts) && equalSlices(s.ExportTo, o.ExportTo)
+}
+
+// Equal reports whether s and o are the same EndpointSlice, as Service.Equal
+// does for Services. Sources share the inner lists of the objects they did
+// not change between snapshots, so most comparisons stop at the lists'
+// identity.
+func (s *EndpointSlice) Equal(o *EndpointSlice) bool {
+	return s.Key == o.Key && s.Service == o.Service &&
+		equalSlices(s.Ports, o.Ports) && equalSlices(s.Endpoints, o.Endpoints)
+}
+
+// equalSlices is slices.Equal that also tells nil from empty and settles
+// one list held twice without a walk.
+func equalSlices[T comparable](a, b []T) bool {
+	if (a == nil) != (b == nil) || len(a) != len(b) {
+		return false
+	}
+	return len(a) == 0 || &a[0] == &b[0] || slices.Equal(a, b)
 }
 
 // Sort orders every slice of s by Key, and the ports and endpoints inside
