@@ -3,6 +3,7 @@ package cache_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -216,5 +217,53 @@ func TestReplacingPatchEqualsUpdate(t *testing.T) {
 				t.Errorf("version after Patch = %s, after Update %s", gotVersion, wantVersion)
 			}
 		})
+	}
+}
+
+// TestRandomPatchesEqualUpdate patches a set of several version chunks
+// with random sequences of additions, removals and replacements, and checks
+// after each patch that what is served and its version are what Update of
+// the resulting set serves.
+func TestRandomPatchesEqualUpdate(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	eps := map[string]string{}
+	for i := range 400 {
+		eps[fmt.Sprintf("s%04d", i*3)] = "10.0.0.1"
+	}
+	patched := newCache(t, services(eps))
+	for step := range 30 {
+		upsert := &translate.Resources{}
+		var remove cache.Names
+		touched := map[string]bool{}
+		for range 1 + rng.IntN(3) {
+			n := fmt.Sprintf("s%04d", rng.IntN(1200))
+			if touched[n] {
+				continue
+			}
+			touched[n] = true
+			if _, held := eps[n]; held && rng.IntN(2) == 0 {
+				remove.Clusters = append(remove.Clusters, n)
+				remove.Endpoints = append(remove.Endpoints, n)
+				delete(eps, n)
+				continue
+			}
+			eps[n] = fmt.Sprintf("10.1.%d.%d", step, rng.IntN(256))
+			upsert.Clusters = append(upsert.Clusters, cluster(n))
+			upsert.Endpoints = append(upsert.Endpoints, loadAssignment(n, eps[n]))
+		}
+		if _, err := patched.Patch(node.GRPC, upsert, remove); err != nil {
+			t.Fatalf("step %d: Patch: %v", step, err)
+		}
+		full := newCache(t, services(eps))
+		for typeURL, name := range map[string]func([]byte) string{resourcev3.ClusterType: clusterName, resourcev3.EndpointType: claName} {
+			got, gotVersion := fetchAll(t, patched, node.GRPC, typeURL, name)
+			want, wantVersion := fetchAll(t, full, node.GRPC, typeURL, name)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Fatalf("step %d: %s after Patch differs from Update (-update +patch):\n%s", step, typeURL, diff)
+			}
+			if gotVersion != wantVersion {
+				t.Fatalf("step %d: %s version after Patch = %s, after Update %s", step, typeURL, gotVersion, wantVersion)
+			}
+		}
 	}
 }

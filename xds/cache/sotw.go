@@ -84,7 +84,7 @@ func (c *Cache) Fetch(_ context.Context, req *cachev3.Request) (cachev3.Response
 	if req.GetVersionInfo() == sel.version {
 		return nil, &types.SkipFetchError{}
 	}
-	r := newSotwResponse(req, sel, sel.payloads)
+	r := newSotwResponse(req, sel, sel.payloads())
 	// A one-shot request has no later request to interpret a marker.
 	r.whole = true
 	return r, nil
@@ -92,53 +92,142 @@ func (c *Cache) Fetch(_ context.Context, req *cachev3.Request) (cachev3.Response
 
 // selection is what a state-of-the-world response for one set of names
 // carries from one snapshot: the entries sorted by name, their payloads and
-// their set version. It is read-only once built, so every watch subscribing
-// to the same names shares it.
+// their set version. It is read-only once built (its payloads are built
+// once, on first use), so every watch subscribing to the same names shares
+// it.
 type selection struct {
-	names    *memoNames // the subscribed names, when memoised
-	list     []string   // a request's resource_names for them, see choose
-	entries  []*entry
-	payloads []*anypb.Any
-	chunks   []byte // the chunk digests of version, see setVersion
-	version  string
-	marker   string // the value of its ReturnedResources entry, see sotwMarker
+	names   *memoNames // the subscribed names, when memoised
+	list    []string   // a request's resource_names for them, see choose
+	entries []*entry
+	chunks  []byte // the chunk digests of version, see setVersion
+	ends    []int  // where each chunk ends in entries
+	version string
+	marker  string // the value of its ReturnedResources entry, see sotwMarker
+
+	// payloadList is payloads(), built on first use: a patch makes a new
+	// selection of every entry of its type, which most types (the
+	// listeners of proxyless gRPC proxies, requested by name) never send
+	// whole, and copying 11,000 payloads would cost as much as copying
+	// the entries.
+	payloadOnce sync.Once
+	payloadList []*anypb.Any
 }
 
 func newSelection(entries []*entry) *selection {
-	v, chunks := setVersion(entries)
-	return &selection{entries: entries, payloads: payloadsOf(entries), chunks: chunks, version: v, marker: markerPrefix + v}
+	v, chunks, ends := setVersion(entries)
+	return &selection{entries: entries, chunks: chunks, ends: ends, version: v, marker: markerPrefix + v}
 }
 
-// patchedSelection is newSelection(entries) for entries that differ from
-// prev's only at the indices at: it copies prev's payloads and chunk
-// digests, and hashes again only the chunks that hold a replaced entry.
-func patchedSelection(prev *selection, entries []*entry, at []int) *selection {
-	payloads := slices.Clone(prev.payloads)
-	chunks := slices.Clone(prev.chunks)
-	slices.Sort(at)
-	var buf []byte
-	last := -1
-	for _, i := range at {
-		payloads[i] = entries[i].any
-		c := i / versionChunk
-		if c == last {
+// payloads is the state-of-the-world form of the selection's entries, in
+// their order.
+func (s *selection) payloads() []*anypb.Any {
+	s.payloadOnce.Do(func() { s.payloadList = payloadsOf(s.entries) })
+	return s.payloadList
+}
+
+// edited is newSelection of s's entries with the edits made, which are
+// sorted by compareEdits. It splices the edits into a copy of s's entries,
+// and hashes again only the chunks of the version that hold an edit, up to
+// where the chunks of the edited entries end where the chunks of s's end:
+// after that both are cut alike (see setVersion), so every other digest is
+// s's.
+func (s *selection) edited(edits []edit) *selection {
+	n := len(s.entries)
+	for _, ed := range edits {
+		switch {
+		case ed.insert:
+			n++
+		case ed.e == nil:
+			n--
+		}
+	}
+	entries := make([]*entry, 0, n)
+	last := 0
+	for _, ed := range edits {
+		entries = append(entries, s.entries[last:ed.at]...)
+		last = ed.at
+		if ed.e != nil {
+			entries = append(entries, ed.e)
+		}
+		if !ed.insert {
+			last++
+		}
+	}
+	entries = append(entries, s.entries[last:]...)
+	if n == 0 || len(s.entries) == 0 {
+		return newSelection(entries)
+	}
+	chunks, ends := s.rechunk(entries, edits)
+	v := rootVersion(chunks)
+	return &selection{entries: entries, chunks: chunks, ends: ends, version: v, marker: markerPrefix + v}
+}
+
+// rechunk is the chunk digests and ends of setVersion(entries), where
+// entries are s's, which are not empty, with the edits made.
+func (s *selection) rechunk(entries []*entry, edits []edit) ([]byte, []int) {
+	k := len(s.ends)
+	// chunkOf is the chunk of s an edit belongs to: the one holding the
+	// entry it replaces, removes or goes before (the last for an append).
+	chunkOf := func(ed edit) int {
+		c, _ := slices.BinarySearch(s.ends, ed.at+1)
+		return min(c, k-1)
+	}
+	next := 0 // the first edit not yet accounted for
+	// take accounts for the edits of chunk c and returns the shift they
+	// make to the places after it.
+	take := func(c int) int {
+		d := 0
+		for ; next < len(edits) && chunkOf(edits[next]) == c; next++ {
+			switch {
+			case edits[next].insert:
+				d++
+			case edits[next].e == nil:
+				d--
+			}
+		}
+		return d
+	}
+	chunks := make([]byte, 0, len(s.chunks)+2*sha256.Size)
+	ends := make([]int, 0, k+2)
+	shift := 0 // place in entries minus place in s.entries, at the start of chunk c
+	for c := 0; c < k; {
+		dirty := k
+		if next < len(edits) {
+			dirty = chunkOf(edits[next])
+		}
+		if c < dirty {
+			chunks = append(chunks, s.chunks[c*sha256.Size:dirty*sha256.Size]...)
+			for ; c < dirty; c++ {
+				ends = append(ends, s.ends[c]+shift)
+			}
 			continue
 		}
-		last = c
-		chunk := entries[c*versionChunk : min((c+1)*versionChunk, len(entries))]
-		n := 0
-		for _, e := range chunk {
-			n += len(e.name) + len(e.version) + 2
+		pos := shift
+		if c > 0 {
+			pos += s.ends[c-1]
 		}
-		buf = slices.Grow(buf[:0], n)
-		for _, e := range chunk {
-			buf = appendPair(buf, e.name, e.version)
+		j, d := c, shift+take(c)
+		if pos == len(entries) {
+			// Every entry from chunk c on is removed.
+			break
 		}
-		sum := sha256.Sum256(buf)
-		copy(chunks[c*sha256.Size:], sum[:])
+		for {
+			end := chunkEnd(entries, pos)
+			sum := chunkDigest(entries[pos:end])
+			chunks = append(chunks, sum[:]...)
+			ends = append(ends, end)
+			pos = end
+			for j < k-1 && s.ends[j]+d < pos {
+				j++
+				d += take(j)
+			}
+			if s.ends[j]+d == pos {
+				break
+			}
+		}
+		c, shift = j+1, d
 	}
-	v := rootVersion(chunks)
-	return &selection{entries: entries, payloads: payloads, chunks: chunks, version: v, marker: markerPrefix + v}
+	return chunks, ends
 }
 
 // payloadsOf is the state-of-the-world form of entries, in their order.
@@ -393,12 +482,12 @@ func (w *watch) sotwRespond(ts *typeSnapshot, changed map[string]struct{}) cache
 				return w.newSotwResponse(sel, payloadsBeyond(sel, held))
 			}
 		}
-		return w.newSotwResponse(sel, sel.payloads)
+		return w.newSotwResponse(sel, sel.payloads())
 	}
 	if acked && len(known) > 0 && mapVersion(known) == req.GetVersionInfo() {
 		return w.newSotwResponse(sel, differingPayloads(sel, known))
 	}
-	return w.newSotwResponse(sel, sel.payloads)
+	return w.newSotwResponse(sel, sel.payloads())
 }
 
 // newSotwResponse answers the watch with payloads of sel, and remembers sel

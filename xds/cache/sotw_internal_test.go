@@ -59,14 +59,14 @@ func TestSotwSelect(t *testing.T) {
 			for _, n := range tc.want {
 				want = append(want, ts.get(n))
 			}
-			if wantVersion, _ := setVersion(want); sel.version != wantVersion {
+			if wantVersion, _, _ := setVersion(want); sel.version != wantVersion {
 				t.Errorf("version = %q, want %q", sel.version, wantVersion)
 			}
-			if len(sel.payloads) != len(sel.entries) {
-				t.Fatalf("%d payloads for %d entries", len(sel.payloads), len(sel.entries))
+			if len(sel.payloads()) != len(sel.entries) {
+				t.Fatalf("%d payloads for %d entries", len(sel.payloads()), len(sel.entries))
 			}
 			for i, e := range sel.entries {
-				if sel.payloads[i] != e.any {
+				if sel.payloads()[i] != e.any {
 					t.Errorf("payload %d is not %s's", i, e.name)
 				}
 			}
