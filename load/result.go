@@ -83,6 +83,10 @@ type ScenarioResult struct {
 	// ChangeLatency is, per change, the time until the last affected proxy
 	// had it.
 	ChangeLatency Dist `json:"changeLatency"`
+	// ChangeRecords lists, for the first maxChangeRecords changes, when each was
+	// written and when its last affected proxy had it: which changes make
+	// the tail, to lay beside the control plane's log.
+	ChangeRecords []ChangeRecord `json:"changeRecords,omitempty"`
 	// NotConverged counts (change, affected proxy) pairs that did not
 	// converge before the change timeout; Stragglers describes some of
 	// those proxies.
@@ -121,6 +125,15 @@ type ScenarioResult struct {
 	Before Sample `json:"before"`
 	After  Sample `json:"after"`
 }
+
+// ChangeRecord is one converged change of a scenario.
+type ChangeRecord struct {
+	Written time.Time `json:"written"`
+	LastMs  float64   `json:"lastMs"`
+}
+
+// maxChangeRecords bounds ScenarioResult.ChangeRecords.
+const maxChangeRecords = 200
 
 // RestartResult times a control-plane restart, all from the moment the
 // new process was started.

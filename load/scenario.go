@@ -135,6 +135,9 @@ func (t *tally) add(r *runner, o *observation, phases bool) {
 				worst = max(worst, l)
 			}
 			t.changeLat = append(t.changeLat, worst)
+			if len(t.res.ChangeRecords) < maxChangeRecords {
+				t.res.ChangeRecords = append(t.res.ChangeRecords, ChangeRecord{Written: o.written[i], LastMs: ms(worst)})
+			}
 			lastACK = maxTime(lastACK, o.written[i].Add(worst))
 		}
 		for id, a := range pc.affected {
