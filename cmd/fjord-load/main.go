@@ -40,10 +40,10 @@ func main() {
 // The simulated proxies hold every resource they are sent (hundreds of MB
 // at 1,000 proxies), so each of the harness's collections marks all of
 // that: 100 ms and more of CPU on the two cores it shares with the control
-// plane, during which the proxies' ACKs wait. With the default GOGC one
-// landed every dozen or so flips and made those flips the slowest of the
-// run; proxies on machines of their own would not have taken that time
-// from the control plane. Collecting at 5× the live heap instead of 2×
+// plane, during which the proxies' ACKs wait. With the default GOGC the
+// flip a collection landed in was the slowest of its run; proxies on
+// machines of their own would not have taken that time from the control
+// plane. Collecting at 5× the live heap instead of 2×
 // makes it rare; the control plane's own GOGC is untouched.
 const harnessGCPercent = 400
 
