@@ -53,7 +53,9 @@ type builder struct {
 	viewNames []string
 	// servers counts, per view and server listener name, the entries of
 	// translate.ServerAddresses over every port of mesh the view sees that
-	// call for it; nil until the first fast build computes it.
+	// call for it. The full build counts them, so that the first endpoint
+	// change after it does not (at 1,000 Services × 10 endpoints counting
+	// made the first flip's build 12 ms instead of 3).
 	servers map[string]map[string]int
 }
 
@@ -97,7 +99,11 @@ func (b *builder) build(snap *model.Snapshot) (buildResult, error) {
 		return buildResult{}, err
 	}
 	b.lastAccepted = mesh.Accepted
-	b.snap, b.mesh, b.views, b.viewNames, b.servers = snap, mesh, views, names, nil
+	b.snap, b.mesh, b.views, b.viewNames = snap, mesh, views, names
+	b.servers = map[string]map[string]int{}
+	for _, view := range names {
+		b.servers[view] = serverCounts(mesh, views, view)
+	}
 	return buildResult{mesh: mesh, stats: stats}, nil
 }
 
@@ -120,12 +126,6 @@ func endpointsOnly(prev, next *model.Snapshot) bool {
 func (b *builder) fastBuild(snap *model.Snapshot) (buildResult, error) {
 	affected := changedServices(b.snap.EndpointSlices, snap.EndpointSlices)
 	mesh, ports := withEndpoints(b.mesh, snap.EndpointSlices, affected)
-	if b.servers == nil {
-		b.servers = map[string]map[string]int{}
-		for _, view := range b.viewNames {
-			b.servers[view] = serverCounts(b.mesh, b.views, view)
-		}
-	}
 
 	// A load assignment is the same for every kind and view: built once,
 	// shared (the cache only reads what it is given).
