@@ -477,18 +477,22 @@ func (r *runner) startProfile(ctx context.Context, kind ScenarioKind) chan struc
 	done := make(chan struct{})
 	path := filepath.Join(r.env.ProfileDir, fmt.Sprintf("%s-%s.cpu.pprof", r.spec.Name, kind))
 	harness := filepath.Join(r.env.ProfileDir, fmt.Sprintf("%s-%s.harness.cpu.pprof", r.spec.Name, kind))
+	if err := os.MkdirAll(r.env.ProfileDir, 0o755); err != nil {
+		r.log.Error("cpu profile", "scenario", kind, "error", err)
+		close(done)
+		return done
+	}
+	// Heap profiles around the window (each after a collection, so that
+	// their allocation counts are current) give what the scenario
+	// allocated: go tool pprof -sample_index=alloc_space -base BEFORE AFTER.
+	// The first is taken before the scenario's first change, which its
+	// collection would otherwise slow down.
+	heap := func(when string) {
+		_ = r.cp.Profile(ctx, "heap?gc=1", filepath.Join(r.env.ProfileDir, fmt.Sprintf("%s-%s.heap-%s.pprof", r.spec.Name, kind, when)))
+	}
+	heap("before")
 	go func() {
 		defer close(done)
-		if err := os.MkdirAll(r.env.ProfileDir, 0o755); err != nil {
-			return
-		}
-		// Heap profiles around the window (each after a collection, so that
-		// their allocation counts are current) give what the scenario
-		// allocated: go tool pprof -sample_index=alloc_space -base BEFORE AFTER.
-		heap := func(when string) {
-			_ = r.cp.Profile(ctx, "heap?gc=1", filepath.Join(r.env.ProfileDir, fmt.Sprintf("%s-%s.heap-%s.pprof", r.spec.Name, kind, when)))
-		}
-		heap("before")
 		stop := r.profileHarness(harness)
 		err := r.cp.Profile(ctx, fmt.Sprintf("profile?seconds=%d", r.env.ProfileSeconds), path)
 		stop()
