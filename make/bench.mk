@@ -25,6 +25,6 @@ bench-load: ## Load harness, reduced matrix (under 5 minutes on 2 cores): prints
 	$(BIN)/fjord-load --matrix reduced --cp-bin $(BIN)/fjord-cp --out $(BENCH_OUT)/reduced $(BENCH_FLAGS)
 
 .PHONY: bench-full
-bench-full: ## Load harness, full matrix (1,000 proxies x 1,000 Services x 10 endpoints, then 10,000 proxies; about 8 minutes on 2 cores): report in bin/bench/full, plots in docs/benchmarks.
+bench-full: ## Load harness, full matrix (1,000 proxies x 1,000 Services x 10 endpoints, then 10,000 proxies; about 7 minutes on 2 cores): report in bin/bench/full, plots in docs/benchmarks.
 	$(BENCH_BUILD)
 	$(BIN)/fjord-load --matrix full --cp-bin $(BIN)/fjord-cp --out $(BENCH_OUT)/full --plots $(CURDIR)/docs/benchmarks $(BENCH_FLAGS)
