@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -210,8 +212,7 @@ func (s *KubeSource) Run(ctx context.Context, publish func(*model.Snapshot)) err
 	if err != nil {
 		return fmt.Errorf("kubernetes source: %w", err)
 	}
-	b := &kubeBuild{src: s, ctx: ctx, publish: publish, routes: routes, reported: map[model.Key]string{},
-		exportTo: map[model.Key]exportTo{}}
+	b := newKubeBuild(s, ctx, publish, routes)
 	co := NewCoalescer(func(Burst) { b.build() }, s.coalesce)
 	defer co.Stop()
 	watched := required()
@@ -396,6 +397,79 @@ type kubeBuild struct {
 	// exportTo remembers, per Service, the last export-to list accepted and
 	// the resourceVersion whose rejected list was last logged.
 	exportTo map[model.Key]exportTo
+	// The model objects of the last snapshot, per kind, each with the
+	// version of the API object it came from (see kept). complete says
+	// that snapshot listed every kind, so the kept objects are exactly
+	// the ones of a snapshot equal to the published one.
+	services   map[model.Key]kept[model.Service]
+	slices     map[model.Key]keptSlice
+	policies   map[model.Key]kept[model.Policy]
+	keptRoutes map[routeKey]kept[model.Route]
+	complete   bool
+}
+
+// newKubeBuild makes the state of one Run, with nothing published or
+// kept yet.
+func newKubeBuild(src *KubeSource, ctx context.Context, publish func(*model.Snapshot), routes map[model.RouteKind]bool) *kubeBuild {
+	return &kubeBuild{src: src, ctx: ctx, publish: publish, routes: routes,
+		reported: map[model.Key]string{}, exportTo: map[model.Key]exportTo{},
+		services: map[model.Key]kept[model.Service]{}, slices: map[model.Key]keptSlice{},
+		policies: map[model.Key]kept[model.Policy]{}, keptRoutes: map[routeKey]kept[model.Route]{}}
+}
+
+// kept is a model object converted from one API object. While the object
+// stays at the same version, the next snapshot reuses it instead of
+// converting it again: most builds follow a change to a few objects, and a
+// reused object hands on the very lists (ports, endpoints, export-to...)
+// the published snapshot holds, so the comparisons of the two snapshots
+// here and in the control plane stop at those lists' identity. Nothing
+// writes to a kept object: published snapshots hold them.
+type kept[T any] struct {
+	uid     types.UID
+	version string
+	model   T
+}
+
+// of says whether k was converted from obj as it is now.
+func (k kept[T]) of(obj client.Object) bool {
+	return k.uid == obj.GetUID() && k.version == obj.GetResourceVersion()
+}
+
+// keptSlice is a kept EndpointSlice with the pod identities its conversion
+// gave its endpoints (by the slice's endpoint index, zero where none was
+// found): a pod that appears, goes or changes its service account changes
+// the model without changing the slice.
+type keptSlice struct {
+	kept[model.EndpointSlice]
+	pods []identity
+}
+
+// routeKey names a route: an HTTPRoute and a GRPCRoute may share a name.
+type routeKey struct {
+	kind model.RouteKind
+	model.Key
+}
+
+// handOn returns prev, the published snapshot's list of a kind, when next
+// lists the same objects: every object of next was kept from the last
+// snapshot (fresh is how many were converted anew) and the counts agree.
+// The last snapshot was complete, so it equals the published one and its
+// kept objects are the published objects. Otherwise it sorts next.
+func handOn[T any](share bool, fresh int, prev, next []T, cmp func(a, b T) int) []T {
+	if share && fresh == 0 && len(prev) == len(next) {
+		return prev
+	}
+	slices.SortFunc(next, cmp)
+	return next
+}
+
+// forget drops what m keeps for objects that were not listed.
+func forget[K comparable, V any](m map[K]V, listed map[K]bool) {
+	for k := range m {
+		if !listed[k] {
+			delete(m, k)
+		}
+	}
 }
 
 // exportTo is what kubeBuild remembers of one Service's export-to list.
@@ -424,10 +498,18 @@ func (b *kubeBuild) build() {
 
 // snapshot lists the caches into a sorted model. Lists skip the deep copy:
 // the converters copy what they keep and nothing here writes to a cached
-// object.
+// object. Objects unchanged since the last snapshot are reused (see kept),
+// and a kind whose objects all were is handed on as the published
+// snapshot's list itself.
 func (b *kubeBuild) snapshot() (*model.Snapshot, error) {
 	c, ctx, s := b.src.cluster.GetClient(), b.ctx, b.src
 	nocopy := client.UnsafeDisableDeepCopy
+	share := b.complete && b.published != nil
+	b.complete = false
+	var prev model.Snapshot
+	if share {
+		prev = *b.published
+	}
 
 	var nss corev1.NamespaceList
 	if err := c.List(ctx, &nss, nocopy); err != nil {
@@ -452,95 +534,158 @@ func (b *kubeBuild) snapshot() (*model.Snapshot, error) {
 		}
 	}
 
-	snap := &model.Snapshot{
-		Services:       []model.Service{},
-		EndpointSlices: []model.EndpointSlice{},
-		Policies:       []model.Policy{},
-	}
+	snap := &model.Snapshot{}
 	var svcs corev1.ServiceList
 	if err := c.List(ctx, &svcs, nocopy); err != nil {
 		return nil, fmt.Errorf("listing services: %w", err)
 	}
+	snap.Services = make([]model.Service, 0, len(svcs.Items))
 	svcSeen := map[model.Key]bool{}
+	fresh := 0
 	for i := range svcs.Items {
-		if selected[svcs.Items[i].Namespace] {
-			m := b.service(&svcs.Items[i])
-			snap.Services = append(snap.Services, m)
-			svcSeen[m.Key] = true
+		svc := &svcs.Items[i]
+		if !selected[svc.Namespace] {
+			continue
 		}
-	}
-	for k := range b.exportTo {
-		if !svcSeen[k] {
-			delete(b.exportTo, k)
+		key := model.Key{Namespace: svc.Namespace, Name: svc.Name}
+		k, ok := b.services[key]
+		if !ok || !k.of(svc) {
+			k = kept[model.Service]{uid: svc.UID, version: svc.ResourceVersion, model: b.service(svc)}
+			(&model.Snapshot{Services: []model.Service{k.model}}).Sort() // its ports
+			b.services[key] = k
+			fresh++
 		}
+		snap.Services = append(snap.Services, k.model)
+		svcSeen[key] = true
 	}
+	forget(b.exportTo, svcSeen)
+	forget(b.services, svcSeen)
+	snap.Services = handOn(share, fresh, prev.Services, snap.Services,
+		func(x, y model.Service) int { return x.Key.Compare(y.Key) })
 
-	var slices discoveryv1.EndpointSliceList
-	if err := c.List(ctx, &slices, nocopy); err != nil {
+	var eps discoveryv1.EndpointSliceList
+	if err := c.List(ctx, &eps, nocopy); err != nil {
 		return nil, fmt.Errorf("listing endpointslices: %w", err)
 	}
+	snap.EndpointSlices = make([]model.EndpointSlice, 0, len(eps.Items))
 	seen := map[model.Key]bool{}
-	for i := range slices.Items {
-		es := &slices.Items[i]
+	fresh = 0
+	for i := range eps.Items {
+		es := &eps.Items[i]
 		if !selected[es.Namespace] {
 			continue
 		}
+		key := model.Key{Namespace: es.Namespace, Name: es.Name}
+		seen[key] = true
+		if k, ok := b.slices[key]; ok && k.of(es) && samePods(es, ids, k.pods) {
+			snap.EndpointSlices = append(snap.EndpointSlices, k.model)
+			continue
+		}
+		// A slice left out is not counted: it is in neither snapshot.
 		m, ok := b.endpointSlice(es, ids)
-		if ok {
-			snap.EndpointSlices = append(snap.EndpointSlices, m)
+		if !ok {
+			delete(b.slices, key)
+			continue
 		}
-		seen[m.Key] = true
-	}
-	for k := range b.reported {
-		if !seen[k] {
-			delete(b.reported, k)
+		(&model.Snapshot{EndpointSlices: []model.EndpointSlice{m}}).Sort() // its ports and endpoints
+		b.slices[key] = keptSlice{
+			kept: kept[model.EndpointSlice]{uid: es.UID, version: es.ResourceVersion, model: m},
+			pods: podsOf(es, ids),
 		}
+		snap.EndpointSlices = append(snap.EndpointSlices, m)
+		fresh++
 	}
+	forget(b.reported, seen)
+	forget(b.slices, seen)
+	snap.EndpointSlices = handOn(share, fresh, prev.EndpointSlices, snap.EndpointSlices,
+		func(x, y model.EndpointSlice) int { return x.Key.Compare(y.Key) })
 
 	var rps fjordv1a1.ResiliencePolicyList
 	if err := c.List(ctx, &rps, nocopy); err != nil {
 		return nil, fmt.Errorf("listing resiliencepolicies: %w", err)
 	}
+	snap.Policies = make([]model.Policy, 0, len(rps.Items))
+	polSeen := map[model.Key]bool{}
+	fresh = 0
 	for i := range rps.Items {
 		p := &rps.Items[i]
-		if selected[p.Namespace] || (p.Namespace == s.meshNS && s.meshNS != "") {
-			snap.Policies = append(snap.Policies, PolicyFromK8s(p))
+		if !selected[p.Namespace] && (p.Namespace != s.meshNS || s.meshNS == "") {
+			continue
 		}
+		key := model.Key{Namespace: p.Namespace, Name: p.Name}
+		k, ok := b.policies[key]
+		if !ok || !k.of(p) {
+			k = kept[model.Policy]{uid: p.UID, version: p.ResourceVersion, model: PolicyFromK8s(p)}
+			b.policies[key] = k
+			fresh++
+		}
+		snap.Policies = append(snap.Policies, k.model)
+		polSeen[key] = true
 	}
-	if err := b.listRoutes(snap, selected); err != nil {
+	forget(b.policies, polSeen)
+	snap.Policies = handOn(share, fresh, prev.Policies, snap.Policies,
+		func(x, y model.Policy) int { return x.Key.Compare(y.Key) })
+
+	routes, fresh, err := b.listRoutes(selected)
+	if err != nil {
 		return nil, err
 	}
-	snap.Sort()
+	snap.Routes = handOn(share, fresh, prev.Routes, routes, func(x, y model.Route) int {
+		switch {
+		case x.Less(&y):
+			return -1
+		case y.Less(&x):
+			return 1
+		}
+		return 0
+	})
+	b.complete = true
 	return snap, nil
 }
 
-// listRoutes adds the HTTPRoutes and GRPCRoutes of the selected namespaces.
-func (b *kubeBuild) listRoutes(snap *model.Snapshot, selected map[string]bool) error {
+// listRoutes lists the HTTPRoutes and GRPCRoutes of the selected
+// namespaces, unsorted, and says how many it converted anew.
+func (b *kubeBuild) listRoutes(selected map[string]bool) ([]model.Route, int, error) {
 	c, ctx, nocopy := b.src.cluster.GetClient(), b.ctx, client.UnsafeDisableDeepCopy
-	snap.Routes = []model.Route{}
+	out := []model.Route{}
+	listed := map[routeKey]bool{}
+	fresh := 0
+	add := func(kind model.RouteKind, obj client.Object, convert func() model.Route) {
+		if !selected[obj.GetNamespace()] {
+			return
+		}
+		key := routeKey{kind: kind, Key: model.Key{Namespace: obj.GetNamespace(), Name: obj.GetName()}}
+		k, ok := b.keptRoutes[key]
+		if !ok || !k.of(obj) {
+			k = kept[model.Route]{uid: obj.GetUID(), version: obj.GetResourceVersion(), model: convert()}
+			b.keptRoutes[key] = k
+			fresh++
+		}
+		out = append(out, k.model)
+		listed[key] = true
+	}
 	if b.routes[model.KindHTTPRoute] {
 		var rs gatewayv1.HTTPRouteList
 		if err := c.List(ctx, &rs, nocopy); err != nil {
-			return fmt.Errorf("listing httproutes: %w", err)
+			return nil, 0, fmt.Errorf("listing httproutes: %w", err)
 		}
 		for i := range rs.Items {
-			if selected[rs.Items[i].Namespace] {
-				snap.Routes = append(snap.Routes, HTTPRouteFromK8s(&rs.Items[i]))
-			}
+			r := &rs.Items[i]
+			add(model.KindHTTPRoute, r, func() model.Route { return HTTPRouteFromK8s(r) })
 		}
 	}
 	if b.routes[model.KindGRPCRoute] {
 		var rs gatewayv1.GRPCRouteList
 		if err := c.List(ctx, &rs, nocopy); err != nil {
-			return fmt.Errorf("listing grpcroutes: %w", err)
+			return nil, 0, fmt.Errorf("listing grpcroutes: %w", err)
 		}
 		for i := range rs.Items {
-			if selected[rs.Items[i].Namespace] {
-				snap.Routes = append(snap.Routes, GRPCRouteFromK8s(&rs.Items[i]))
-			}
+			r := &rs.Items[i]
+			add(model.KindGRPCRoute, r, func() model.Route { return GRPCRouteFromK8s(r) })
 		}
 	}
-	return nil
+	forget(b.keptRoutes, listed)
+	return out, fresh, nil
 }
 
 // service converts one Service. The API server has accepted it, so it is
@@ -573,7 +718,7 @@ func (b *kubeBuild) service(svc *corev1.Service) model.Service {
 
 // endpointSlice converts one slice and names the pod behind each endpoint.
 // A slice the mesh cannot use (no owning Service label, FQDN addresses) is
-// left out and logged once per version; its Key is always returned.
+// left out and logged once per version.
 func (b *kubeBuild) endpointSlice(es *discoveryv1.EndpointSlice, ids map[model.Key]identity) (model.EndpointSlice, bool) {
 	key := model.Key{Namespace: es.Namespace, Name: es.Name}
 	m, err := EndpointSliceFromK8s(es)
@@ -586,19 +731,50 @@ func (b *kubeBuild) endpointSlice(es *discoveryv1.EndpointSlice, ids map[model.K
 	}
 	delete(b.reported, key)
 	// The converter keeps one model endpoint per slice endpoint, in order.
-	for i, e := range es.Endpoints {
-		ref := e.TargetRef
-		if ref == nil || ref.Kind != "Pod" {
-			continue
-		}
-		ns := ref.Namespace
-		if ns == "" {
-			ns = es.Namespace
-		}
-		if id, ok := ids[model.Key{Namespace: ns, Name: ref.Name}]; ok {
+	for i := range es.Endpoints {
+		if id, ok := endpointPod(es, i, ids); ok {
 			m.Endpoints[i].Workload = id.workload
 			m.Endpoints[i].ServiceAccount = id.serviceAccount
 		}
 	}
 	return m, true
+}
+
+// endpointPod is the identity of the pod behind the slice's i-th endpoint,
+// if the endpoint names a pod that is known.
+func endpointPod(es *discoveryv1.EndpointSlice, i int, ids map[model.Key]identity) (identity, bool) {
+	ref := es.Endpoints[i].TargetRef
+	if ref == nil || ref.Kind != "Pod" {
+		return identity{}, false
+	}
+	ns := ref.Namespace
+	if ns == "" {
+		ns = es.Namespace
+	}
+	id, ok := ids[model.Key{Namespace: ns, Name: ref.Name}]
+	return id, ok
+}
+
+// podsOf lists the pod identities the slice's endpoints get, zero where
+// none (podIdentity never returns the zero identity).
+func podsOf(es *discoveryv1.EndpointSlice, ids map[model.Key]identity) []identity {
+	out := make([]identity, len(es.Endpoints))
+	for i := range es.Endpoints {
+		out[i], _ = endpointPod(es, i, ids)
+	}
+	return out
+}
+
+// samePods says whether the slice's endpoints get the identities pods,
+// as podsOf listed them.
+func samePods(es *discoveryv1.EndpointSlice, ids map[model.Key]identity, pods []identity) bool {
+	if len(pods) != len(es.Endpoints) {
+		return false
+	}
+	for i := range es.Endpoints {
+		if id, _ := endpointPod(es, i, ids); id != pods[i] {
+			return false
+		}
+	}
+	return true
 }

@@ -79,7 +79,7 @@ func TestMain(m *testing.M) {
 // starting it on first use. Without the binaries the test fails, saying how
 // to build them: a watcher test that passes without an API server would
 // prove nothing.
-func apiServer(t *testing.T) (*rest.Config, client.Client) {
+func apiServer(t testing.TB) (*rest.Config, client.Client) {
 	t.Helper()
 	shared.once.Do(func() { shared.err = startAPIServer() })
 	if shared.err != nil {
@@ -436,4 +436,55 @@ func runSource(t *testing.T, cfg *rest.Config, o KubeOptions, then ...func(*mode
 		}
 	})
 	return src, p
+}
+
+// startCaches starts a KubeSource's caches without its Run, for the tests
+// and benchmarks that drive its builds themselves, and stops them when tb
+// ends. It returns the source and a client that reads its caches.
+func startCaches(tb testing.TB, cfg *rest.Config) (*KubeSource, client.Client) {
+	tb.Helper()
+	src, err := NewKubeSource(cfg, KubeOptions{Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.cluster.Start(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("caches: %v", err)
+		}
+	})
+	for _, obj := range required() {
+		if _, err := src.cluster.GetCache().GetInformer(ctx, obj); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if !src.cluster.GetCache().WaitForCacheSync(ctx) {
+		tb.Fatal("the caches did not sync")
+	}
+	return src, src.cluster.GetClient()
+}
+
+// awaitCache waits until the cache read by cached holds obj as last
+// written (same UID and resourceVersion) or, with gone, no longer holds it.
+func awaitCache(tb testing.TB, cached client.Client, obj client.Object, gone bool) {
+	tb.Helper()
+	deadline := time.Now().Add(waitCeiling)
+	got := obj.DeepCopyObject().(client.Object)
+	for {
+		err := cached.Get(context.Background(), client.ObjectKeyFromObject(obj), got)
+		switch {
+		case gone && apierrors.IsNotFound(err):
+			return
+		case !gone && err == nil && got.GetUID() == obj.GetUID() && got.GetResourceVersion() == obj.GetResourceVersion():
+			return
+		case err != nil && !apierrors.IsNotFound(err):
+			tb.Fatalf("reading %T %s from the cache: %v", obj, obj.GetName(), err)
+		case time.Now().After(deadline):
+			tb.Fatalf("the cache did not see the last write to %T %s within %s", obj, obj.GetName(), waitCeiling)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

@@ -617,3 +617,216 @@ func TestKubeSourceExportTo(t *testing.T) {
 	edit("echo", ".")
 	p.waitFor(t, &model.Snapshot{Services: []model.Service{svc("bad", ns), svc("echo", ns), svc("later")}}, ns)
 }
+
+// TestKubeSnapshotReuse checks what a snapshot shares with the one before
+// it: the model objects of unchanged API objects, down to their lists, and
+// whole lists of a kind nothing changed in; and that whatever a model object
+// depends on (its API object, the pods behind its endpoints) still changes
+// it, without touching the snapshot published before.
+func TestKubeSnapshotReuse(t *testing.T) {
+	cfg, c := apiServer(t)
+	const ns = "reuse"
+	createNamespace(t, c, ns, nil)
+	svcA, svcB := service(ns, "a", corev1.ServicePort{Name: "http", Port: 8080}), service(ns, "b", corev1.ServicePort{Name: "http", Port: 8080})
+	ports := []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](9000)}}
+	sliceA := endpointSlice(ns, "a-1", "a", ports, endpoint("10.1.0.1", true, "a-0"))
+	sliceB := endpointSlice(ns, "b-1", "b", ports, endpoint("10.2.0.1", true, "b-0"), endpoint("10.2.0.2", true, "b-1"))
+	podB1 := pod(ns, "b-1", "b-sa", nil, owner("apps/v1", "StatefulSet", "b"))
+	rp := resiliencePolicy(ns, "p", timeoutSpec("5s", "a"))
+	objs := []client.Object{svcA, svcB,
+		pod(ns, "a-0", "a-sa", nil, nil), pod(ns, "b-0", "b-sa", nil, owner("apps/v1", "StatefulSet", "b")), podB1,
+		sliceA, sliceB, rp}
+	for _, obj := range objs {
+		mustCreate(t, c, obj)
+	}
+	src, cached := startCaches(t, cfg)
+	for _, obj := range objs {
+		awaitCache(t, cached, obj, false)
+	}
+	kb := newKubeBuild(src, t.Context(), func(*model.Snapshot) {}, map[model.RouteKind]bool{})
+	build := func() *model.Snapshot {
+		t.Helper()
+		kb.build()
+		if kb.published == nil {
+			t.Fatal("nothing published")
+		}
+		return kb.published
+	}
+	update := func(obj client.Object, change func()) {
+		t.Helper()
+		if err := c.Get(t.Context(), client.ObjectKeyFromObject(obj), obj); err != nil {
+			t.Fatal(err)
+		}
+		change()
+		if err := c.Update(t.Context(), obj); err != nil {
+			t.Fatalf("updating %T %s: %v", obj, obj.GetName(), err)
+		}
+		awaitCache(t, cached, obj, false)
+	}
+	find := func(s *model.Snapshot, name string) model.EndpointSlice {
+		t.Helper()
+		for _, es := range s.EndpointSlices {
+			if es.Key == (model.Key{Namespace: ns, Name: name}) {
+				return es
+			}
+		}
+		t.Fatalf("EndpointSlice %s/%s not in the snapshot", ns, name)
+		return model.EndpointSlice{}
+	}
+	sameList := func(what string, a, b int, pa, pb any) {
+		t.Helper()
+		if a != b || a > 0 && pa != pb {
+			t.Errorf("%s: not the previous snapshot's list", what)
+		}
+	}
+	sharesSlice := func(prev, next *model.Snapshot, name string) {
+		t.Helper()
+		p, n := find(prev, name), find(next, name)
+		if &p.Ports[0] != &n.Ports[0] || &p.Endpoints[0] != &n.Endpoints[0] {
+			t.Errorf("EndpointSlice %s: unchanged, but converted again", name)
+		}
+	}
+	sharesServices := func(prev, next *model.Snapshot) {
+		t.Helper()
+		sameList("Services", len(prev.Services), len(next.Services), &prev.Services[0], &next.Services[0])
+	}
+	sharesSlices := func(prev, next *model.Snapshot) {
+		t.Helper()
+		sameList("EndpointSlices", len(prev.EndpointSlices), len(next.EndpointSlices), &prev.EndpointSlices[0], &next.EndpointSlices[0])
+	}
+	sa := func(s *model.Snapshot, slice, addr string) string {
+		t.Helper()
+		for _, e := range find(s, slice).Endpoints {
+			if e.Address == addr {
+				return e.ServiceAccount
+			}
+		}
+		t.Fatalf("EndpointSlice %s has no endpoint %s", slice, addr)
+		return ""
+	}
+
+	s1 := build()
+	wantSvc := func(name string, ports ...model.ServicePort) model.Service {
+		return model.Service{Key: model.Key{Namespace: ns, Name: name}, Ports: ports}
+	}
+	http := model.ServicePort{Name: "http", Port: 8080}
+	want := &model.Snapshot{
+		Services: []model.Service{wantSvc("a", http), wantSvc("b", http)},
+		EndpointSlices: []model.EndpointSlice{
+			{Key: model.Key{Namespace: ns, Name: "a-1"}, Service: "a", Ports: []model.EndpointPort{{Name: "http", Port: 9000}},
+				Endpoints: []model.Endpoint{{Address: "10.1.0.1", Ready: true, Workload: "a-0", ServiceAccount: "a-sa"}}},
+			{Key: model.Key{Namespace: ns, Name: "b-1"}, Service: "b", Ports: []model.EndpointPort{{Name: "http", Port: 9000}},
+				Endpoints: []model.Endpoint{
+					{Address: "10.2.0.1", Ready: true, Workload: "b", ServiceAccount: "b-sa"},
+					{Address: "10.2.0.2", Ready: true, Workload: "b", ServiceAccount: "b-sa"},
+				}},
+		},
+		Policies: []model.Policy{modelPolicy(ns, "p", 1, timeoutSpec("5s", "a"))},
+	}
+	if diff := diffModel(want, only(s1, ns)); diff != "" {
+		t.Fatalf("first snapshot (-want +got):\n%s", diff)
+	}
+
+	t.Run("nothing changed", func(t *testing.T) {
+		s, err := kb.snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sharesServices(s1, s)
+		sharesSlices(s1, s)
+		sameList("Policies", len(s1.Policies), len(s.Policies), &s1.Policies[0], &s.Policies[0])
+	})
+
+	var s2 *model.Snapshot
+	t.Run("one EndpointSlice changed", func(t *testing.T) {
+		update(sliceA, func() { sliceA.Endpoints[0].Conditions.Ready = ptr.To(false) })
+		s2 = build()
+		if find(s2, "a-1").Endpoints[0].Ready {
+			t.Error("the changed endpoint is still ready")
+		}
+		if !find(s1, "a-1").Endpoints[0].Ready {
+			t.Error("the change reached the snapshot published before")
+		}
+		sharesSlice(s1, s2, "b-1")
+		sharesServices(s1, s2)
+		sameList("Policies", len(s1.Policies), len(s2.Policies), &s1.Policies[0], &s2.Policies[0])
+	})
+
+	var s3 *model.Snapshot
+	t.Run("a pod's service account changed", func(t *testing.T) {
+		// A pod's service account cannot be edited: the pod is replaced,
+		// under the same name, and its endpoint's slice stays as it is.
+		if err := c.Delete(t.Context(), podB1, client.GracePeriodSeconds(0)); err != nil {
+			t.Fatal(err)
+		}
+		awaitCache(t, cached, podB1, true)
+		podB1 = pod(ns, "b-1", "b-other-sa", nil, owner("apps/v1", "StatefulSet", "b"))
+		mustCreate(t, c, podB1)
+		awaitCache(t, cached, podB1, false)
+		s3 = build()
+		if got := sa(s3, "b-1", "10.2.0.2"); got != "b-other-sa" {
+			t.Errorf("the replaced pod's endpoint runs as %q, want b-other-sa", got)
+		}
+		if got := sa(s3, "b-1", "10.2.0.1"); got != "b-sa" {
+			t.Errorf("the other pod's endpoint runs as %q, want b-sa", got)
+		}
+		if got := sa(s2, "b-1", "10.2.0.2"); got != "b-sa" {
+			t.Errorf("the change reached the snapshot published before: %q", got)
+		}
+		sharesSlice(s2, s3, "a-1")
+		sharesServices(s2, s3)
+	})
+
+	var s4 *model.Snapshot
+	t.Run("a Service changed", func(t *testing.T) {
+		update(svcA, func() { svcA.Spec.Ports = append(svcA.Spec.Ports, corev1.ServicePort{Name: "admin", Port: 7070}) })
+		s4 = build()
+		if diff := cmp.Diff([]model.Service{wantSvc("a", model.ServicePort{Name: "admin", Port: 7070}, http), wantSvc("b", http)},
+			only(s4, ns).Services); diff != "" {
+			t.Errorf("Services (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff([]model.Service{wantSvc("a", http), wantSvc("b", http)}, only(s3, ns).Services); diff != "" {
+			t.Errorf("the change reached the snapshot published before (-want +got):\n%s", diff)
+		}
+		prevB, nextB := only(s3, ns).Services[1], only(s4, ns).Services[1]
+		if &prevB.Ports[0] != &nextB.Ports[0] {
+			t.Error("Service b: unchanged, but converted again")
+		}
+		sharesSlices(s3, s4)
+	})
+
+	t.Run("objects deleted", func(t *testing.T) {
+		for _, obj := range []client.Object{svcB, sliceB, rp} {
+			if err := c.Delete(t.Context(), obj); err != nil {
+				t.Fatalf("deleting %T %s: %v", obj, obj.GetName(), err)
+			}
+			awaitCache(t, cached, obj, true)
+		}
+		s5 := build()
+		got := only(s5, ns)
+		if len(got.Services) != 1 || got.Services[0].Name != "a" || len(got.EndpointSlices) != 1 ||
+			got.EndpointSlices[0].Name != "a-1" || len(got.Policies) != 0 {
+			t.Errorf("after deleting Service b, its slice and the policy: %+v", got)
+		}
+		if len(only(s4, ns).Services) != 2 {
+			t.Error("the deletion reached the snapshot published before")
+		}
+		b, p := model.Key{Namespace: ns, Name: "b"}, model.Key{Namespace: ns, Name: "p"}
+		if _, ok := kb.services[b]; ok {
+			t.Error("the deleted Service is still kept")
+		}
+		if _, ok := kb.exportTo[b]; ok {
+			t.Error("the deleted Service's export-to state is still kept")
+		}
+		if _, ok := kb.slices[model.Key{Namespace: ns, Name: "b-1"}]; ok {
+			t.Error("the deleted EndpointSlice is still kept")
+		}
+		if _, ok := kb.policies[p]; ok {
+			t.Error("the deleted policy is still kept")
+		}
+		if len(kb.services) != len(s5.Services) || len(kb.slices) != len(s5.EndpointSlices) || len(kb.policies) != len(s5.Policies) {
+			t.Errorf("kept %d Services, %d EndpointSlices, %d policies for a snapshot of %d, %d, %d",
+				len(kb.services), len(kb.slices), len(kb.policies), len(s5.Services), len(s5.EndpointSlices), len(s5.Policies))
+		}
+	})
+}
