@@ -472,4 +472,3 @@ func TestCorruptObject(t *testing.T) {
 		t.Fatalf("LoadConfig of a corrupt object = %v, want an error naming it", err)
 	}
 }
-

@@ -7,8 +7,8 @@
 package model
 
 import (
-	"slices"
 	"cmp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
