@@ -1,7 +1,6 @@
 package server
 
 import (
-	"hash/maphash"
 	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -105,9 +104,8 @@ func unmarshalShared(b []byte, req proto.Message) bool {
 		nodeField = requestNodeField
 	}
 	node, names := span{-1, -1}, span{-1, -1}
-	n := 0
 	var l *nameList
-	var rawNode, first, last []byte
+	var rawNode []byte
 	for off := 0; off < len(b); {
 		num, typ, tl := protowire.ConsumeTag(b[off:])
 		if tl < 0 {
@@ -126,27 +124,25 @@ func unmarshalShared(b []byte, req proto.Message) bool {
 			node = span{off, off + tl + vl}
 			off = node.end
 		case isSotw && num == resourceNamesField && typ == protowire.BytesType:
-			if names.end != -1 && names.end != off {
-				return false // not one run
+			if l != nil {
+				return false // more names after a shared run: not one run
 			}
 			v, vl := protowire.ConsumeBytes(b[off+tl:])
 			if vl < 0 {
 				return false
 			}
+			// Only the first name can start a shared run: names before
+			// it would be part of the list protobuf decodes. The table
+			// recognises a run by its bytes, without walking its names.
 			if names.start == -1 {
-				// Most runs are a list the table holds, recognised
-				// by its bytes without walking its names.
+				names.start = off
 				if c := sharedLists.prefixOf(v, b[off:]); c != nil {
 					l, names = c, span{off, off + len(c.raw)}
 					off = names.end
 					continue
 				}
-				names.start, first = off, v
 			}
-			last = v
-			n++
 			off += tl + vl
-			names.end = off
 		default:
 			vl := protowire.ConsumeFieldValue(num, typ, b[off+tl:])
 			if vl < 0 {
@@ -154,9 +150,6 @@ func unmarshalShared(b []byte, req proto.Message) bool {
 			}
 			off += tl + vl
 		}
-	}
-	if l == nil && n >= minSharedNames {
-		l = sharedLists.byRaw(rawKey(n, names.end-names.start, first, last), b[names.start:names.end])
 	}
 	var shared *corev3.Node
 	if rawNode != nil {
@@ -201,21 +194,6 @@ func unmarshalShared(b []byte, req proto.Message) bool {
 	return true
 }
 
-var rawSeed = maphash.MakeSeed()
-
-// rawKey narrows the shared lists an encoded run of names can be: their
-// count, the run's length, the first and the last name.
-func rawKey(n, size int, first, last []byte) uint64 {
-	var h maphash.Hash
-	h.SetSeed(rawSeed)
-	maphash.WriteComparable(&h, n)
-	maphash.WriteComparable(&h, size)
-	h.Write(first)
-	h.WriteByte(0)
-	h.Write(last)
-	return h.Sum64()
-}
-
 // encodeNames is names as a request encodes them: what a request naming
 // them carries, byte for byte, in its run of resource_names.
 func encodeNames(names []string) []byte {
@@ -229,9 +207,4 @@ func encodeNames(names []string) []byte {
 		b = protowire.AppendString(b, s)
 	}
 	return b
-}
-
-// rawKeyOf is rawKey of a list's encoded names.
-func rawKeyOf(c *nameList) uint64 {
-	return rawKey(len(c.names), len(c.raw), []byte(c.names[0]), []byte(c.names[len(c.names)-1]))
 }

@@ -136,9 +136,9 @@ type nameList struct {
 	names    []string
 	set      map[string]struct{}
 	wildcard bool
-	// raw is names as a request encodes them (see encodeNames), once the
-	// list is in the table: what the codec compares a request's names
-	// with.
+	// raw is names as a request encodes them (see encodeNames), for a list
+	// of at least minSharedNames names once it is in the table: what the
+	// codec compares a request's names with.
 	raw []byte
 }
 
@@ -162,23 +162,19 @@ type lists struct {
 	cur, prev *listGen
 }
 
-// listGen is one generation of lists, indexed four ways: by the addresses
-// of their interned names (list), by how a request encodes them and by
-// their first name (the codec), and by the address of their slice (a
-// request the codec already gave a shared list).
+// listGen is one generation of lists, indexed three ways: by the addresses
+// of their interned names (list), by their first name (the codec, which
+// then compares a request's bytes with the list's encoding), and by the
+// address of their slice (a request the codec already gave a shared list).
 type listGen struct {
 	byAddr  map[uint64][]*nameList
-	byRaw   map[uint64][]*nameList
 	byFirst map[string][]*nameList
 	byData  map[*string]*nameList
 	size    int // names
 }
 
 func newListGen() *listGen {
-	return &listGen{
-		byAddr: map[uint64][]*nameList{}, byRaw: map[uint64][]*nameList{},
-		byFirst: map[string][]*nameList{}, byData: map[*string]*nameList{},
-	}
+	return &listGen{byAddr: map[uint64][]*nameList{}, byFirst: map[string][]*nameList{}, byData: map[*string]*nameList{}}
 }
 
 // list returns the shared list equal to s, adding it, its names interned,
@@ -244,27 +240,6 @@ func (l *lists) byDataLocked(s []string) *nameList {
 	return nil
 }
 
-// byRaw returns the list a request's encoded resource_names (run, with
-// rawKey key) name, or nil.
-func (l *lists) byRaw(key uint64, run []byte) *nameList {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, g := range []*listGen{l.cur, l.prev} {
-		if g == nil {
-			continue
-		}
-		for _, c := range g.byRaw[key] {
-			if bytes.Equal(run, c.raw) {
-				if g == l.prev {
-					l.putLocked(addrKey(c.names), c)
-				}
-				return c
-			}
-		}
-	}
-	return nil
-}
-
 // prefixOf returns the list whose encoded names b starts with, followed by
 // no further name, given first, the first name b encodes; or nil. It lets
 // the codec recognise a request's run of names by comparing bytes, without
@@ -302,12 +277,10 @@ func (l *lists) putLocked(key uint64, c *nameList) {
 	}
 	g := l.cur
 	g.byAddr[key] = append(g.byAddr[key], c)
-	if c.raw == nil {
-		c.raw = encodeNames(c.names)
-	}
-	raw := rawKeyOf(c)
-	g.byRaw[raw] = append(g.byRaw[raw], c)
 	if len(c.names) >= minSharedNames {
+		if c.raw == nil {
+			c.raw = encodeNames(c.names)
+		}
 		g.byFirst[c.names[0]] = append(g.byFirst[c.names[0]], c)
 	}
 	g.byData[unsafe.SliceData(c.names)] = c
