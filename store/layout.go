@@ -56,13 +56,6 @@ func compareService(a, b *model.Service) int             { return a.Key.Compare(
 func compareEndpointSlice(a, b *model.EndpointSlice) int { return a.Key.Compare(b.Key) }
 func comparePolicy(a, b *model.Policy) int               { return a.Key.Compare(b.Key) }
 
-func compareRoute(a, b *model.Route) int {
-	if c := a.Key.Compare(b.Key); c != 0 {
-		return c
-	}
-	return strings.Compare(string(a.Kind), string(b.Kind))
-}
-
 // deepEqual compares the kinds a mesh has few of, and whose nested fields
 // would make a hand-written comparison easy to get out of date.
 func deepEqual[T any](a, b *T) bool { return reflect.DeepEqual(a, b) }
@@ -83,7 +76,7 @@ var (
 	services       = kind[model.Service]{kindServices, serviceKey, compareService, (*model.Service).Equal}
 	endpointSlices = kind[model.EndpointSlice]{kindEndpointSlices, endpointSliceKey, compareEndpointSlice, (*model.EndpointSlice).Equal}
 	policies       = kind[model.Policy]{kindPolicies, policyKey, comparePolicy, deepEqual[model.Policy]}
-	routes         = kind[model.Route]{kindRoutes, routeKey, compareRoute, deepEqual[model.Route]}
+	routes         = kind[model.Route]{kindRoutes, routeKey, (*model.Route).Compare, deepEqual[model.Route]}
 	accepted       = kind[model.Policy]{keyAccepted, policyKey, comparePolicy, deepEqual[model.Policy]}
 )
 

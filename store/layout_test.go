@@ -120,7 +120,7 @@ func (m *mesh) snapshot() *model.Snapshot {
 		Services:       sortedValues(m.services, compareService),
 		EndpointSlices: sortedValues(m.slices, compareEndpointSlice),
 		Policies:       sortedValues(m.policies, comparePolicy),
-		Routes:         sortedValues(m.routes, compareRoute),
+		Routes:         sortedValues(m.routes, (*model.Route).Compare),
 	}
 }
 

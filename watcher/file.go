@@ -356,10 +356,12 @@ func same[T any](a, b []T) bool {
 // assembled from them can share them instead of copying and sorting them
 // again: they are never modified afterwards.
 func sortInner(o *Objects) {
-	(&model.Snapshot{
-		Services:       slices.Clone(o.Services),
-		EndpointSlices: slices.Clone(o.EndpointSlices),
-	}).Sort()
+	for i := range o.Services {
+		o.Services[i].SortInner()
+	}
+	for i := range o.EndpointSlices {
+		o.EndpointSlices[i].SortInner()
+	}
 }
 
 // scan reads the whole tree, reporting false if Dir cannot be read.

@@ -551,7 +551,7 @@ func (b *kubeBuild) snapshot() (*model.Snapshot, error) {
 		k, ok := b.services[key]
 		if !ok || !k.of(svc) {
 			k = kept[model.Service]{uid: svc.UID, version: svc.ResourceVersion, model: b.service(svc)}
-			(&model.Snapshot{Services: []model.Service{k.model}}).Sort() // its ports
+			k.model.SortInner()
 			b.services[key] = k
 			fresh++
 		}
@@ -587,7 +587,7 @@ func (b *kubeBuild) snapshot() (*model.Snapshot, error) {
 			delete(b.slices, key)
 			continue
 		}
-		(&model.Snapshot{EndpointSlices: []model.EndpointSlice{m}}).Sort() // its ports and endpoints
+		m.SortInner()
 		b.slices[key] = keptSlice{
 			kept: kept[model.EndpointSlice]{uid: es.UID, version: es.ResourceVersion, model: m},
 			pods: podsOf(es, ids),
@@ -630,15 +630,7 @@ func (b *kubeBuild) snapshot() (*model.Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	snap.Routes = handOn(share, fresh, prev.Routes, routes, func(x, y model.Route) int {
-		switch {
-		case x.Less(&y):
-			return -1
-		case y.Less(&x):
-			return 1
-		}
-		return 0
-	})
+	snap.Routes = handOn(share, fresh, prev.Routes, routes, func(x, y model.Route) int { return x.Compare(&y) })
 	b.complete = true
 	return snap, nil
 }

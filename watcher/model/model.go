@@ -147,15 +147,27 @@ func equalSlices[T comparable](a, b []T) bool {
 func (s *Snapshot) Sort() {
 	sort.Slice(s.Services, func(i, j int) bool { return s.Services[i].Key.Less(s.Services[j].Key) })
 	for i := range s.Services {
-		p := s.Services[i].Ports
-		sort.Slice(p, func(a, b int) bool { return p[a].Port < p[b].Port })
+		s.Services[i].SortInner()
 	}
 	sort.Slice(s.EndpointSlices, func(i, j int) bool { return s.EndpointSlices[i].Key.Less(s.EndpointSlices[j].Key) })
 	for i := range s.EndpointSlices {
-		e := s.EndpointSlices[i]
-		sort.Slice(e.Ports, func(a, b int) bool { return e.Ports[a].Name < e.Ports[b].Name })
-		sort.Slice(e.Endpoints, func(a, b int) bool { return e.Endpoints[a].Address < e.Endpoints[b].Address })
+		s.EndpointSlices[i].SortInner()
 	}
 	sort.Slice(s.Policies, func(i, j int) bool { return s.Policies[i].Key.Less(s.Policies[j].Key) })
 	sortRoutes(s.Routes)
+}
+
+// SortInner orders the Service's ports by port number, as Sort does. A
+// source that converts one object sorts it once and can then share its
+// list between snapshots.
+func (s *Service) SortInner() {
+	p := s.Ports
+	sort.Slice(p, func(a, b int) bool { return p[a].Port < p[b].Port })
+}
+
+// SortInner orders the slice's ports by name and endpoints by address, as
+// Sort does (see Service.SortInner).
+func (e *EndpointSlice) SortInner() {
+	sort.Slice(e.Ports, func(a, b int) bool { return e.Ports[a].Name < e.Ports[b].Name })
+	sort.Slice(e.Endpoints, func(a, b int) bool { return e.Endpoints[a].Address < e.Endpoints[b].Address })
 }

@@ -218,23 +218,17 @@ type RouteRetry struct {
 	Backoff  string  `json:"backoff,omitempty"`
 }
 
-// Less orders routes by key, then kind (an HTTPRoute and a GRPCRoute may
+// Compare orders routes by key, then kind (an HTTPRoute and a GRPCRoute may
 // share a name).
-func (r *Route) Less(o *Route) bool {
-	return cmp.Or(strings.Compare(r.Namespace, o.Namespace), strings.Compare(r.Name, o.Name),
-		strings.Compare(string(r.Kind), string(o.Kind))) < 0
+func (r *Route) Compare(o *Route) int {
+	return cmp.Or(r.Key.Compare(o.Key), strings.Compare(string(r.Kind), string(o.Kind)))
 }
 
-// sortRoutes orders routes by Less. The order inside a route (parentRefs,
-// rules, matches, filters) means something and is kept.
+// Less is Compare as a less-than.
+func (r *Route) Less(o *Route) bool { return r.Compare(o) < 0 }
+
+// sortRoutes orders routes by Compare. The order inside a route
+// (parentRefs, rules, matches, filters) means something and is kept.
 func sortRoutes(rs []Route) {
-	slices.SortFunc(rs, func(a, b Route) int {
-		switch {
-		case a.Less(&b):
-			return -1
-		case b.Less(&a):
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(rs, func(a, b Route) int { return a.Compare(&b) })
 }
